@@ -1,0 +1,161 @@
+"""The audit trail: an append-only, hash-chained record of every mutating command.
+
+One JSON object per line in ``<audit_dir>/<environment>.jsonl``. Each record carries the
+SHA-256 of the record before it (``prev``) and of itself (``hash``, over its canonical JSON
+without ``hash``), so an edited, removed or reordered line breaks the chain and
+:func:`verify` names the first bad line. Appends take an exclusive ``flock`` so two
+operators on one machine never interleave.
+
+Usage in library code::
+
+    with audit.record(settings, "backup.create", {"backup_id": ...}) as entry:
+        ...                      # do the work
+        entry.details["bytes"] = n
+
+The record is written when the block ends, with ``outcome`` ``ok`` or ``failed`` (and the
+error's one-sentence message), so a failure is recorded as faithfully as a success.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ptool_ops.errors import ProblemsFound, PtoolError
+
+if TYPE_CHECKING:
+    from ptool_ops.settings import EnvironmentSettings
+
+GENESIS = "0" * 64
+
+
+@dataclass
+class Entry:
+    action: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def actor() -> str:
+    """Who is acting: PTOOL_ACTOR (CI sets it), else the OS user."""
+    explicit = os.environ.get("PTOOL_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
+
+
+def log_path(settings: EnvironmentSettings) -> Path:
+    return settings.audit_dir / f"{settings.name}.jsonl"
+
+
+def _digest(record: dict[str, Any]) -> str:
+    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def append(path: Path, action: str, outcome: str, details: dict[str, Any], env: str) -> str:
+    """Append one record; returns its hash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "r+", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            handle.seek(0)
+            prev = GENESIS
+            for line in handle:
+                if line.strip():
+                    prev = json.loads(line)["hash"]
+            record: dict[str, Any] = {
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "environment": env,
+                "actor": actor(),
+                "action": action,
+                "outcome": outcome,
+                "details": details,
+                "prev": prev,
+            }
+            record["hash"] = _digest(record)
+            handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+            return str(record["hash"])
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def record(
+    settings: EnvironmentSettings, action: str, details: dict[str, Any] | None = None
+) -> Iterator[Entry]:
+    """Record ``action`` when the block ends, as ok or failed."""
+    entry = Entry(action, dict(details or {}))
+    try:
+        yield entry
+    except PtoolError as err:
+        entry.details["error"] = err.message
+        append(log_path(settings), action, "failed", entry.details, settings.name)
+        raise
+    except BaseException as err:
+        entry.details["error"] = type(err).__name__
+        append(log_path(settings), action, "failed", entry.details, settings.name)
+        raise
+    append(log_path(settings), action, "ok", entry.details, settings.name)
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class VerifyResult:
+    path: str
+    records: int
+    ok: bool
+    first_bad_line: int | None = None
+    reason: str | None = None
+
+
+def verify(path: Path) -> VerifyResult:
+    """Walk the chain; the first line whose hash or link is wrong ends it."""
+    prev = GENESIS
+    count = 0
+    if not path.exists():
+        return VerifyResult(str(path), 0, True)
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        count += 1
+        try:
+            record = json.loads(line)
+            claimed = record.pop("hash")
+        except (ValueError, KeyError):
+            return VerifyResult(str(path), count, False, number, "not a JSON audit record")
+        if record.get("prev") != prev:
+            return VerifyResult(str(path), count, False, number, "chain broken: prev mismatch")
+        if _digest(record) != claimed:
+            return VerifyResult(str(path), count, False, number, "record altered: hash mismatch")
+        prev = claimed
+    return VerifyResult(str(path), count, True)
+
+
+def require_intact(path: Path) -> VerifyResult:
+    result = verify(path)
+    if not result.ok:
+        raise ProblemsFound(
+            f"the audit log {path} is not intact at line {result.first_bad_line}: {result.reason}.",
+            hint="Someone edited or truncated it; keep the file for investigation.",
+        )
+    return result

@@ -1,0 +1,71 @@
+"""The one context object every command receives (built by the root callback)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+
+from ptool_ops.console import Output, Redactor
+from ptool_ops.errors import PtoolError, Refused
+
+if TYPE_CHECKING:
+    from ptool_ops.settings import EnvironmentSettings
+
+
+@dataclass
+class AppContext:
+    env_name: str | None
+    output: Output
+    redactor: Redactor
+    yes: bool = False
+    dry_run: bool = False
+    verbose: int = 0
+    debug: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)
+    _settings: EnvironmentSettings | None = None
+
+    @property
+    def settings(self) -> EnvironmentSettings:
+        """Loaded on first use, so ``--help`` never pays for pydantic."""
+        if self._settings is None:
+            from ptool_ops.settings import load_environment
+
+            settings = load_environment(self.env_name, overrides=self.overrides)
+            self.redactor.add(*settings.secret_values())
+            if settings.is_local:
+                from ptool_ops.local.env import local_secret_values
+
+                self.redactor.add(*local_secret_values(settings.local_dir))
+            self._settings = settings
+        return self._settings
+
+    def fail(self, err: PtoolError) -> NoReturn:
+        """End a command whose result was already shown: its sentence for people, its code.
+
+        With ``--output json`` the result on stdout already says what failed, so nothing
+        more is printed there (one JSON document per run).
+        """
+        if not self.output.json:
+            self.output.error(err.message, err.hint, err.to_dict())
+        raise typer.Exit(err.exit_code)
+
+    def confirm(self, action: str) -> None:
+        """Ask before something destructive; ``--yes`` answers, no terminal means no."""
+        if self.yes:
+            return
+        if not sys.stdin.isatty():
+            raise Refused(
+                f"{action} needs confirmation and there is no terminal to ask.",
+                hint="Rerun with --yes once you are sure.",
+            )
+        if not typer.confirm(f"{action}. Continue?", default=False, err=True):
+            raise Refused(f"{action}: not confirmed, nothing was changed.")
+
+
+def get(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, AppContext)
+    return obj

@@ -1,0 +1,175 @@
+"""The ``ptool-ops`` command: global options, command groups, and the one place errors exit.
+
+Global options are accepted before or after the command, as operators type them:
+``ptool-ops --env prod backup list`` and ``ptool-ops backup list --env prod`` alike.
+
+Keep imports here light: ``ptool-ops --help`` must stay fast, so commands import the
+library (psycopg, pydantic, boto3, ...) inside their bodies.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+from typer.exceptions import Abort, Exit, TyperException
+
+from ptool_ops.cli import api as api_cli
+from ptool_ops.cli import audit as audit_cli
+from ptool_ops.cli import config as config_cli
+from ptool_ops.cli import local as local_cli
+from ptool_ops.cli import status as status_cli
+from ptool_ops.cli.context import AppContext
+from ptool_ops.console import Output, OutputFormat, Redactor, configure_logging
+from ptool_ops.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PtoolError
+
+# options of the root callback that may also stand after the command
+_VALUE_OPTIONS = {"--env", "-e", "--output", "-o"}
+_FLAG_OPTIONS = {"--yes", "-y", "--dry-run", "--verbose", "-v", "-vv", "--debug"}
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move global options found after the command to the front, where Click parses them."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if arg in _FLAG_OPTIONS or (name in _VALUE_OPTIONS and "=" in arg):
+            front.append(arg)
+        elif arg in _VALUE_OPTIONS and i + 1 < len(args):
+            front.extend(args[i : i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+class RootGroup(TyperGroup):
+    """Hoists global options and turns our errors into a sentence and an exit code."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # Typer's Click Context
+        return super().parse_args(ctx, hoist_global_options(args))
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except PtoolError as err:
+            _report(ctx, err)
+            raise Exit(err.exit_code) from None
+        except (Exit, Abort, TyperException):
+            raise
+        except KeyboardInterrupt:
+            _output(ctx).error(
+                "interrupted; nothing more was started.", None, {"error": "interrupted"}
+            )
+            raise Exit(EXIT_INTERRUPTED) from None
+        except Exception as err:
+            translated = _translate(err)
+            if translated is not None:
+                _report(ctx, translated)
+                raise Exit(translated.exit_code) from None
+            out = _output(ctx)
+            out.err.print(out.redactor(traceback.format_exc()), markup=False, highlight=False)
+            out.error(
+                f"internal error: {type(err).__name__}. This is a bug in ptool-ops.",
+                "Please report it with the traceback above.",
+                {"error": "internal", "exit_code": EXIT_INTERNAL, "type": type(err).__name__},
+            )
+            raise Exit(EXIT_INTERNAL) from None
+
+
+def _translate(err: Exception) -> PtoolError | None:
+    """Failures of the outside world that reach us unwrapped (a dropped connection, ...)."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(err, psycopg.OperationalError):
+        from ptool_ops.errors import DatabaseUnavailable
+        from ptool_ops.pg import _first_line
+
+        return DatabaseUnavailable(
+            f"the database connection failed: {_first_line(str(err))}.",
+            hint="Check the database and run the command again.",
+        )
+    return None
+
+
+def _output(ctx: typer.Context) -> Output:
+    obj = ctx.find_root().obj
+    if isinstance(obj, AppContext):
+        return obj.output
+    return Output(OutputFormat.text, Redactor())
+
+
+def _report(ctx: typer.Context, err: PtoolError) -> None:
+    out = _output(ctx)
+    obj = ctx.find_root().obj
+    if isinstance(obj, AppContext) and obj.debug:
+        out.err.print(out.redactor(traceback.format_exc()), markup=False, highlight=False)
+    out.error(err.message, err.hint, err.to_dict())
+
+
+app = typer.Typer(
+    cls=RootGroup,
+    name="ptool-ops",
+    help="Operate Production Tool environments: local database, status, backups, migrations.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(local_cli.app, name="local")
+app.add_typer(api_cli.app, name="api")
+app.add_typer(config_cli.app, name="config")
+app.add_typer(audit_cli.app, name="audit")
+app.command("status")(status_cli.status)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"ptool-ops {version('ptool-ops')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    env: str | None = typer.Option(
+        None, "--env", "-e", envvar="PTOOL_ENV", help="Environment to act on (default: local)."
+    ),
+    output: OutputFormat = typer.Option(
+        OutputFormat.text, "--output", "-o", help="text for people, json for machines."
+    ),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Answer yes to confirmations (CI)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the plan; change nothing."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More detail (-vv: debug)."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for every error."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    redactor = Redactor()
+    out = Output(output, redactor, verbose=verbose)
+    configure_logging(redactor, verbose)
+    ctx.obj = AppContext(
+        env_name=env,
+        output=out,
+        redactor=redactor,
+        yes=yes,
+        dry_run=dry_run,
+        verbose=verbose,
+        debug=debug,
+    )
+
+
+def main() -> None:
+    app()

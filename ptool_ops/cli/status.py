@@ -1,0 +1,81 @@
+"""``ptool-ops status``: one screen of the environment; non-zero exit when something is wrong."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import typer
+
+from ptool_ops.cli import context
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ptool_ops.status import StatusReport
+
+
+def status(ctx: typer.Context) -> None:
+    """Database reachable, server version, size, schema version, invariant violations."""
+    from ptool_ops.status import collect
+
+    app_ctx = context.get(ctx)
+    report = collect(app_ctx.settings)
+    app_ctx.output.result(report, lambda out: _render(out, report))
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _render(out: Console, report: StatusReport) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    mark = "[green]healthy[/green]" if report.ok else "[red]unhealthy[/red]"
+    out.print(f"[bold]{report.environment}[/bold] ({report.kind}): {mark}")
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="dim")
+    table.add_column()
+    db = report.database
+    if db.reachable:
+        table.add_row("database", f"[green]reachable[/green] {escape(db.target or '')}")
+        table.add_row("server", f"PostgreSQL {db.server_version}")
+        table.add_row("size", _size(db.size_bytes))
+        table.add_row("schema version", db.schema_version or "[red]none[/red]")
+        table.add_row("WAL", f"wal_level={db.wal_level}, archive_mode={db.archive_mode}")
+    else:
+        table.add_row("database", f"[red]unreachable[/red] {escape(db.error or '')}")
+    if report.invariants is not None:
+        for result in report.invariants["checks"]:
+            count = result["total"]
+            shown = "[green]ok[/green]" if count == 0 else f"[red]{count} violation(s)[/red]"
+            if result.get("truncated"):
+                shown += " (truncated)"
+            table.add_row(f"invariant {result['name']}", shown)
+            for violation in result["violations"][:5]:
+                table.add_row("", f"[red]•[/red] {escape(violation['detail'])}")
+    api = report.api
+    if api is not None:
+        if api.error:
+            table.add_row("API", f"[red]unreachable[/red] {escape(api.error)}")
+        else:
+            ready = "[green]ready[/green]" if api.ready else f"[red]not ready[/red] {api.reason}"
+            table.add_row("API", f"{api.url}: alive, {ready} (as {api.role})")
+            table.add_row(
+                "API version",
+                f"{api.version} ({api.build}), expects schema {api.schema_version_expected}",
+            )
+            if api.maintenance is not None:
+                table.add_row("maintenance", "[yellow]on[/yellow]" if api.maintenance else "off")
+    out.print(table)
+    for problem in report.problems:
+        out.print(f"[red]problem:[/red] {escape(problem)}")

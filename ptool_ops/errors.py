@@ -1,0 +1,114 @@
+"""The error hierarchy: every failure an operator can cause has a class, an exit code and a hint.
+
+Library code raises these; only ``ptool_ops.cli.main`` turns them into a message and an exit.
+Anything else that escapes is our bug and is shown with a traceback (exit 70).
+
+Exit codes (documented in README.md — keep the two in step):
+
+===  ==========================  =========================================================
+ 0   ok
+ 1   ProblemsFound               the command ran and found problems (status, invariants)
+ 2   (usage)                     the command line itself is wrong (Click's own code)
+ 3   ConfigError                 a setting is missing or invalid, an unknown environment
+ 4   DatabaseUnavailable         the database cannot be reached or refused the login
+ 5   ServiceUnavailable          an HTTP service (API, S3, Neon, ...) cannot be reached
+ 6   Conflict                    something is busy or taken: a port, a lock, a running job
+ 7   Refused                     a safety check declined: confirmation missing or denied
+ 8   OperationFailed             the operation failed; nothing was changed or it was undone
+ 9   ManualActionRequired        the operation failed and could not undo itself
+10   ToolMissing                 no suitable external tool (pg_dump, ...) was found
+70   (internal)                  a bug in ptool-ops: please report it with the traceback
+130  (interrupted)               interrupted by Ctrl-C
+===  ==========================  =========================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_INTERNAL = 70
+EXIT_INTERRUPTED = 130
+
+
+class PtoolError(Exception):
+    """Base of every error an operator can cause; ``str(err)`` is one sentence."""
+
+    exit_code = 8
+    kind = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "error": self.kind,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+class ProblemsFound(PtoolError):
+    """The command did its work and found something wrong (for cron and CI to alert on)."""
+
+    exit_code = 1
+    kind = "problems_found"
+
+
+class ConfigError(PtoolError):
+    exit_code = 3
+    kind = "config"
+
+
+class DatabaseUnavailable(PtoolError):
+    exit_code = 4
+    kind = "database_unavailable"
+
+
+class ServiceUnavailable(PtoolError):
+    exit_code = 5
+    kind = "service_unavailable"
+
+
+class Conflict(PtoolError):
+    exit_code = 6
+    kind = "conflict"
+
+
+class Refused(PtoolError):
+    exit_code = 7
+    kind = "refused"
+
+
+class OperationFailed(PtoolError):
+    exit_code = 8
+    kind = "operation_failed"
+
+
+class ManualActionRequired(PtoolError):
+    exit_code = 9
+    kind = "manual_action_required"
+
+
+class ToolMissing(PtoolError):
+    exit_code = 10
+    kind = "tool_missing"
+
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "ok",
+    ProblemsFound.exit_code: "ran and found problems",
+    EXIT_USAGE: "command-line usage error",
+    ConfigError.exit_code: "configuration error",
+    DatabaseUnavailable.exit_code: "database unavailable",
+    ServiceUnavailable.exit_code: "service unavailable",
+    Conflict.exit_code: "conflict: busy or taken",
+    Refused.exit_code: "refused by a safety check",
+    OperationFailed.exit_code: "operation failed, nothing changed or undone",
+    ManualActionRequired.exit_code: "operation failed and needs manual action",
+    ToolMissing.exit_code: "required tool missing",
+    EXIT_INTERNAL: "internal error (bug)",
+    EXIT_INTERRUPTED: "interrupted",
+}

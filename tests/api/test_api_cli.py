@@ -1,0 +1,96 @@
+"""`ptool-ops api ...` and the API part of `ptool-ops status`, through the real CLI."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from ..conftest import CANARY, Cli
+from .conftest import Standin
+
+
+def _env_for(cli: Cli, standin: Standin, name: str = "staging") -> None:
+    cli.write_config(
+        f"[environments.{name}]\n"
+        f'database_url = "{standin.db.conninfo}"\n'
+        f'api_url = "{standin.url}"\n'
+    )
+    cli.env["PTOOL_API_TOKEN"] = standin.ops_token
+
+
+def test_local_up_starts_the_api_and_smoke_passes(cli: Cli) -> None:
+    up = cli("local up -o json")
+    assert up.exit_code == 0, up.output
+    assert up.json()["api_url"].startswith("http://127.0.0.1:")
+    smoke = cli("api smoke -o json")
+    assert smoke.exit_code == 0, smoke.output
+    assert smoke.json()["wrote"] is True
+    assert [s["name"] for s in smoke.json()["steps"]][-1] == "create+cancel"
+    status = cli("status -o json")
+    assert status.exit_code == 0, status.output
+    api = status.json()["api"]
+    assert api["alive"] and api["ready"] and api["maintenance"] is False
+    assert api["role"] == "booking_app_a"
+    url = up.json()["api_url"]
+
+    assert cli("local down").exit_code == 0
+    stopped = cli("--env local api smoke")
+    assert stopped.exit_code == 5
+    assert url in stopped.stderr
+    assert stopped.stderr.count("error:") == 1
+    assert "Traceback" not in stopped.output
+
+
+def test_api_smoke_against_an_unreachable_url_names_it(cli: Cli) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    cli.write_config(f'[environments.staging]\napi_url = "{url}"\n')
+    result = cli("api smoke --env staging")
+    assert result.exit_code == 1  # ran, and the health step failed
+    assert f"{url}/health failed: connection refused" in result.output
+    assert CANARY not in result.output
+
+
+def test_maintenance_commands_and_status(cli: Cli, standin: Standin) -> None:
+    _env_for(cli, standin)
+    on = cli("--env staging api maintenance on --reason 'migration 0007'")
+    assert on.exit_code == 0, on.output
+    state = cli("--env staging api maintenance status -o json").json()
+    assert state["enabled"] is True and state["reason"] == "migration 0007"
+    status = cli("--env staging status -o json").json()
+    assert status["api"]["maintenance"] is True
+    smoke = cli("--env staging api smoke --write -o json")
+    assert smoke.exit_code == 1
+    assert any("503" in s["detail"] for s in smoke.json()["steps"] if not s["ok"])
+    assert cli("--env staging api maintenance off").exit_code == 0
+    assert cli("--env staging api smoke --write").exit_code == 0
+    audit = cli("--env staging audit show -o json").json()
+    assert [r["action"] for r in audit] == ["api.maintenance.on", "api.maintenance.off"]
+
+
+def test_protected_environment_asks_before_maintenance_and_smokes_read_only(
+    cli: Cli, standin: Standin
+) -> None:
+    _env_for(cli, standin, "prod")
+    refused = cli("--env prod api maintenance on --reason x")
+    assert refused.exit_code == 7
+    smoke = cli("--env prod api smoke -o json")
+    assert smoke.exit_code == 0, smoke.output
+    assert smoke.json()["wrote"] is False
+    with standin.db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM booking.bookings").fetchone() == (0,)
+
+
+def test_api_ready_reports_a_broken_login(cli: Cli, standin: Standin) -> None:
+    _env_for(cli, standin)
+    assert cli("--env staging api ready").exit_code == 0
+    with standin.db.connect() as conn:
+        conn.execute("ALTER ROLE booking_app_a PASSWORD 'rotated-without-telling-the-api'")
+    time.sleep(1.1)  # the stand-in caches a readiness result for one second
+    result = cli("--env staging api ready --wait 2 -o json")
+    assert result.exit_code == 5
+    assert "password authentication failed" in result.output
+    status = cli("--env staging status -o json")
+    assert status.exit_code == 1
+    assert any("not ready" in p for p in status.json()["problems"])

@@ -1,0 +1,54 @@
+"""The audit trail: records what happened, and detects tampering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ptool_ops import audit
+from ptool_ops.errors import OperationFailed
+from ptool_ops.settings import load_environment
+
+from .conftest import Cli
+
+
+def test_records_success_and_failure_and_chains_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PTOOL_ACTOR", "ci-bot")
+    settings = load_environment()
+    with audit.record(settings, "backup.create", {"id": "b1"}) as entry:
+        entry.details["bytes"] = 42
+    with pytest.raises(OperationFailed), audit.record(settings, "backup.restore"):
+        raise OperationFailed("checksum mismatch in object x.")
+    records = audit.read(audit.log_path(settings))
+    assert [(r["action"], r["outcome"]) for r in records] == [
+        ("backup.create", "ok"),
+        ("backup.restore", "failed"),
+    ]
+    assert records[0]["details"] == {"id": "b1", "bytes": 42}
+    assert records[1]["details"]["error"] == "checksum mismatch in object x."
+    assert records[1]["actor"] == "ci-bot"
+    assert records[1]["prev"] == records[0]["hash"]
+    assert audit.verify(audit.log_path(settings)).ok
+
+
+def test_an_edited_record_breaks_the_chain(cli: Cli) -> None:
+    settings_dir = cli.cwd
+    path = settings_dir / ".ptool" / "audit" / "local.jsonl"
+    for n in range(3):
+        audit.append(path, "migrate.up", "ok", {"n": n}, "local")
+    assert cli("audit verify").exit_code == 0
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["outcome"] = "failed"
+    lines[1] = json.dumps(record, sort_keys=True)
+    path.write_text("\n".join(lines) + "\n")
+    result = cli("audit verify")
+    assert result.exit_code == 1
+    assert "line 2" in result.stderr
+    shown = cli("audit show -o json").json()
+    assert len(shown) == 3
