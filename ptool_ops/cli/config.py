@@ -59,3 +59,64 @@ def keys(ctx: typer.Context) -> None:
         out.print(table)
 
     app_ctx.output.result([i.model_dump() for i in infos], render)
+
+
+@app.command("from-stack")
+def from_stack(
+    ctx: typer.Context,
+    outputs_file: str = typer.Argument(
+        "-",
+        metavar="OUTPUTS",
+        help="File with 'pulumi stack output --json' ('-', the default, reads stdin).",
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="Environment to write (default: the stack's 'environment' output)."
+    ),
+    config_file: str | None = typer.Option(
+        None,
+        "--config",
+        help="ptool-ops.toml to write (default: PTOOL_CONFIG, else ./ptool-ops.toml).",
+    ),
+) -> None:
+    """Write a stack's outputs into its environments.<name> table of ptool-ops.toml.
+
+    Secrets are never written: the database is reached through the secret reference the
+    stack exports. Keys of the table that the stack does not set are kept.
+    """
+    import sys
+    from pathlib import Path
+
+    from ptool_ops.errors import ConfigError
+    from ptool_ops.platform.stack import import_outputs, parse_outputs
+    from ptool_ops.settings import CONFIG_FILE, config_path
+
+    app_ctx = context.get(ctx)
+    if outputs_file == "-":
+        text, source = sys.stdin.read(), "standard input"
+    else:
+        try:
+            text, source = Path(outputs_file).read_text(encoding="utf-8"), outputs_file
+        except OSError as err:
+            raise ConfigError(f"cannot read {outputs_file}: {err.strerror}.") from None
+    path = Path(config_file) if config_file else (config_path() or Path.cwd() / CONFIG_FILE)
+    result = import_outputs(
+        parse_outputs(text, source=source), path, name=name, dry_run=app_ctx.dry_run
+    )
+
+    def render(out: Console) -> None:
+        from rich.markup import escape
+
+        table = escape(f"[environments.{result.environment}]")
+        if not result.changed and not result.created_table:
+            out.print(
+                f"[green]✓[/green] {table} of {escape(str(result.path))} is already up to date"
+            )
+            return
+        verb = "would update" if app_ctx.dry_run else "updated"
+        if result.created_table:
+            verb = "would add" if app_ctx.dry_run else "added"
+        out.print(f"[green]✓[/green] {verb} {table} in {escape(str(result.path))}")
+        for key in result.changed:
+            out.print(escape(f"  {key} = {result.settings[key]!r}"))
+
+    app_ctx.output.result(result.to_dict(), render)

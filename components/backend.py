@@ -1,0 +1,145 @@
+"""``Backend``: the NestJS API on Railway (dynamic providers over Railway's GraphQL API).
+
+A long-lived environment gets its own Railway project and the ``api`` service in it. A
+preview gets an ephemeral environment copied from staging's (``sourceEnvironmentId``), where
+staging's service already has an instance. Either way the service instance gets the settings
+zero-downtime deploys need — a health check that exercises the database, overlap and draining
+seconds — and a Railway domain, and its variables are set: ``DATABASE_URL`` (a secret wired
+from the ``Database`` component) in a resource of its own, the plain variables in another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+
+from components.config import RailwayConfig
+from components.providers.railway import (
+    RailwayEnvironment,
+    RailwayProject,
+    RailwayService,
+    RailwayServiceInstance,
+    RailwayVariables,
+)
+
+
+@dataclass(frozen=True)
+class PreviewTarget:
+    """For a preview: a new environment ``name`` in staging's project, copied from its env."""
+
+    project_id: pulumi.Input[str]
+    source_environment_id: pulumi.Input[str]
+    service_id: pulumi.Input[str]
+    name: str
+
+
+@dataclass(frozen=True)
+class BackendArgs:
+    environment: str
+    railway: RailwayConfig
+    database_url: pulumi.Input[str]  # secret
+    protect: bool = False
+    preview: PreviewTarget | None = None
+    extra_variables: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+
+
+class Backend(pulumi.ComponentResource):
+    project_id: pulumi.Output[str]
+    environment_id: pulumi.Output[str]
+    service_id: pulumi.Output[str]
+    domain: pulumi.Output[str]
+    url: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: BackendArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("ptool:index:Backend", name, None, opts)
+        rail = args.railway
+        child = pulumi.ResourceOptions(parent=self, protect=args.protect)
+        if args.preview is None:
+            project = RailwayProject(
+                f"{name}-project",
+                name=rail.project_name or f"ptool-{args.environment}",
+                description=f"Production Tool API ({args.environment})",
+                workspace_id=rail.workspace_id,
+                opts=child,
+            )
+            service = RailwayService(
+                f"{name}-service",
+                project_id=project.project_id,
+                name=rail.service_name,
+                repo=rail.repo,
+                branch=rail.branch,
+                opts=child,
+            )
+            self.project_id = project.project_id
+            self.environment_id = project.default_environment_id
+            self.service_id = service.service_id
+        else:
+            env = RailwayEnvironment(
+                f"{name}-environment",
+                project_id=args.preview.project_id,
+                name=args.preview.name,
+                source_environment_id=args.preview.source_environment_id,
+                ephemeral=True,
+                opts=child,
+            )
+            self.project_id = pulumi.Output.from_input(args.preview.project_id)
+            self.environment_id = env.environment_id
+            self.service_id = pulumi.Output.from_input(args.preview.service_id)
+
+        instance = RailwayServiceInstance(
+            f"{name}-instance",
+            project_id=self.project_id,
+            environment_id=self.environment_id,
+            service_id=self.service_id,
+            healthcheck_path=rail.healthcheck_path,
+            healthcheck_timeout=rail.healthcheck_timeout,
+            overlap_seconds=rail.overlap_seconds,
+            draining_seconds=rail.draining_seconds,
+            num_replicas=rail.replicas,
+            start_command=rail.start_command,
+            target_port=rail.port,
+            opts=child,
+        )
+        self.domain = instance.domain
+        self.url = pulumi.Output.concat("https://", instance.domain)
+
+        plain: dict[str, pulumi.Input[str]] = {
+            "NODE_ENV": "production",
+            "PORT": str(rail.port),
+            "PTOOL_ENVIRONMENT": args.environment,
+            **rail.variables,
+            **args.extra_variables,
+        }
+        RailwayVariables(
+            f"{name}-variables",
+            project_id=self.project_id,
+            environment_id=self.environment_id,
+            service_id=self.service_id,
+            variables=plain,
+            sensitive=False,
+            opts=child,
+        )
+        self.secret_variables = RailwayVariables(
+            f"{name}-secret-variables",
+            project_id=self.project_id,
+            environment_id=self.environment_id,
+            service_id=self.service_id,
+            variables={"DATABASE_URL": pulumi.Output.secret(args.database_url)},
+            opts=pulumi.ResourceOptions.merge(
+                child,
+                # set once; afterwards the rotation engine owns DATABASE_URL
+                pulumi.ResourceOptions(ignore_changes=["variables"]),
+            ),
+        )
+        self.register_outputs(
+            {
+                "project_id": self.project_id,
+                "environment_id": self.environment_id,
+                "service_id": self.service_id,
+                "domain": self.domain,
+                "url": self.url,
+            }
+        )

@@ -1,0 +1,1 @@
+"""The ptool-ops policy pack: ``pulumi preview --policy-pack components/policy``."""

@@ -1,0 +1,181 @@
+"""The Pulumi program of every stack (``stacks/__main__.py`` calls :func:`run`).
+
+One environment = database (Neon) → backend (Railway, ``DATABASE_URL`` from the database) →
+frontend (Vercel, ``NEXT_PUBLIC_API_URL`` from the backend), plus the backup bucket and the
+Secrets Manager secret holding the migrator's database URL for ptool-ops.
+
+The stack outputs are exactly what ``ptool-ops config from-stack`` turns into the
+environment's ``[environments.<name>]`` settings (see ``ptool_ops/platform/stack.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pulumi
+import pulumi_aws as aws
+
+from components.backend import Backend, BackendArgs, PreviewTarget
+from components.backup_storage import BackupStorage, BackupStorageArgs
+from components.config import (
+    EnvironmentConfig,
+    StackConfigError,
+    parse_environment,
+    parse_passwords,
+    preview_environment,
+    preview_number,
+)
+from components.database import Database, DatabaseArgs, PreviewSource
+from components.frontend import Frontend, FrontendArgs
+
+PROJECT = "ptool-ops"
+
+
+@dataclass
+class Environment:
+    config: EnvironmentConfig
+    database: Database
+    backend: Backend
+    frontend: Frontend
+    backup: BackupStorage
+    database_secret: aws.secretsmanager.Secret
+
+
+def load_config(stack: str) -> EnvironmentConfig:
+    """The stack's validated environment config (a preview's comes from the template)."""
+    raw = pulumi.Config(PROJECT).get_object("environment")
+    if raw is None and preview_number(stack) is not None:
+        raw = preview_environment(stack)
+    return parse_environment(raw, stack=stack)
+
+
+def preview_expiry(days: int, now: datetime | None = None) -> str:
+    """Midnight UTC ``days`` after today: each push to the pull request extends it."""
+    today = (now or datetime.now(UTC)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (today + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def read_passwords(stack: str) -> dict[str, str]:
+    """``ptool-ops:dbPasswords``, validated before any resource exists (errors name keys).
+
+    Read raw so that a bad value stops the program at once instead of inside an ``apply``;
+    the caller wraps the result in ``Output.secret`` straight away.
+    """
+    key = f"{PROJECT}:dbPasswords"
+    raw = pulumi.runtime.get_config(key)
+    if raw is None:
+        raise StackConfigError(
+            f"stack {stack}: {key} is not set (pulumi config set --secret --path ...)"
+        )
+    if not pulumi.runtime.is_config_secret(key):
+        raise StackConfigError(f"stack {stack}: {key} must be set as a secret (--secret)")
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        raise StackConfigError(f"stack {stack}: {key} is not a JSON object") from None
+    return parse_passwords(value, stack=stack).model_dump()
+
+
+def run() -> Environment:
+    stack = pulumi.get_stack()
+    env = load_config(stack)
+    config = pulumi.Config(PROJECT)
+    passwords = pulumi.Output.secret(read_passwords(stack))
+    source = pulumi.StackReference(env.preview.source_stack) if env.preview is not None else None
+
+    db_preview = backend_preview = None
+    git_branch = None
+    if source is not None and env.preview is not None:
+        db_preview = PreviewSource(
+            project_id=source.require_output("neonProjectId"),
+            parent_branch_id=source.require_output("neonBranchId"),
+            branch_name=env.name,
+            expires_at=preview_expiry(env.preview.expires_in_days),
+        )
+        backend_preview = PreviewTarget(
+            project_id=source.require_output("railwayProjectId"),
+            source_environment_id=source.require_output("railwayEnvironmentId"),
+            service_id=source.require_output("railwayServiceId"),
+            name=env.name,
+        )
+        git_branch = config.require("gitBranch")
+
+    database = Database(
+        "database",
+        DatabaseArgs(
+            environment=env.name,
+            neon=env.neon,
+            passwords=passwords,
+            protect=env.protect,
+            preview=db_preview,
+        ),
+    )
+    backend = Backend(
+        "backend",
+        BackendArgs(
+            environment=env.name,
+            railway=env.railway,
+            database_url=database.app_url,
+            protect=env.protect,
+            preview=backend_preview,
+        ),
+    )
+    frontend = Frontend(
+        "frontend",
+        FrontendArgs(
+            environment=env.name,
+            vercel=env.vercel,
+            api_url=backend.url,
+            protect=env.protect,
+            preview_project_id=(
+                source.require_output("vercelProjectId") if source is not None else None
+            ),
+            preview_git_branch=git_branch,
+        ),
+    )
+    backup = BackupStorage(
+        "backup", BackupStorageArgs(environment=env.name, backup=env.backup, protect=env.protect)
+    )
+
+    # the migrator's URL for ptool-ops, by reference: ptool-ops reads aws-sm:<name>
+    secret = aws.secretsmanager.Secret(
+        "database-secret",
+        name=env.secrets.database_secret_name,
+        description=f"booking_migrator URL of {env.name} (rotated by ptool-ops)",
+        recovery_window_in_days=0 if env.is_preview else 30,
+        region=env.backup.region,
+        opts=pulumi.ResourceOptions(protect=env.protect),
+    )
+    aws.secretsmanager.SecretVersion(
+        "database-secret-value",
+        secret_id=secret.id,
+        secret_string=database.migrator_url,
+        region=env.backup.region,
+        # set once; afterwards the rotation engine writes new versions
+        opts=pulumi.ResourceOptions(ignore_changes=["secret_string"]),
+    )
+
+    # exactly what ptool-ops needs (ptool_ops/platform/stack.py maps each to a setting)
+    outputs: dict[str, pulumi.Input[object]] = {
+        "environment": env.name,
+        "kind": "neon",
+        "protected": env.protect,
+        "apiUrl": backend.url,
+        "databaseHost": database.host,
+        "databaseSecret": secret.name.apply(lambda n: f"aws-sm:{n}"),
+        "neonProjectId": database.neon_project_id,
+        "neonBranchId": database.neon_branch_id,
+        "repoUrl": backup.repo_url,
+        "awsRegion": env.backup.region,
+        "railwayProjectId": backend.project_id,
+        "railwayEnvironmentId": backend.environment_id,
+        "railwayServiceId": backend.service_id,
+        "vercelProjectId": frontend.project_id,
+    }
+    if env.vercel.team_id:
+        outputs["vercelTeamId"] = env.vercel.team_id
+    for key, value in outputs.items():
+        pulumi.export(key, value)
+    return Environment(env, database, backend, frontend, backup, secret)

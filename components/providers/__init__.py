@@ -1,0 +1,1 @@
+"""Pulumi dynamic providers for APIs without a Pulumi provider: Neon and Railway."""
