@@ -19,6 +19,7 @@ from typer.exceptions import Abort, Exit, TyperException
 
 from ptool_ops.cli import api as api_cli
 from ptool_ops.cli import audit as audit_cli
+from ptool_ops.cli import backup as backup_cli
 from ptool_ops.cli import config as config_cli
 from ptool_ops.cli import local as local_cli
 from ptool_ops.cli import status as status_cli
@@ -129,6 +130,7 @@ app.add_typer(local_cli.app, name="local")
 app.add_typer(api_cli.app, name="api")
 app.add_typer(config_cli.app, name="config")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(backup_cli.app, name="backup")
 app.command("status")(status_cli.status)
 
 

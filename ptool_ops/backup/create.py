@@ -1,0 +1,295 @@
+"""``backup create``: pg_dump → zstd → (AES-256-GCM) → SHA-256 → repository, manifest last.
+
+The fixed sequence (each step named in errors):
+
+1. preflight — server facts, schema version, a pg_dump that fits (major ≥ server's, TLS for
+   remote targets), the repository marker;
+2. snapshot — a REPEATABLE READ transaction exports its snapshot and the start LSN, and
+   records per-table row estimates (and exact counts, on a thread, while the dump runs);
+3. post-data — ``pg_dump -Fc --section=post-data`` (indexes, constraints, policies: small),
+   stored as its own object so restore can run it with ``pg_restore -j``; on a thread,
+   beside step 4;
+4. data — ``pg_dump -Fc -Z0 --section=pre-data --section=data`` without the data of tables
+   of ``split_bytes`` or more, and one ``pg_dump --section=data --table=T`` per such table,
+   ``jobs`` streams at a time, so a restore can load them in parallel too;
+5. the snapshot transaction ends (``finally``);
+6. manifest — written last: until then the backup is not listed anywhere.
+
+Both dumps use the exported snapshot, so together they are one consistent image.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+from ptool_ops import audit, pg
+from ptool_ops.backup import tools
+from ptool_ops.backup.catalog import new_id
+from ptool_ops.backup.models import (
+    BackupManifest,
+    CreateResult,
+    TableInfo,
+    backup_dir,
+    manifest_key,
+)
+from ptool_ops.errors import OperationFailed, PtoolError
+from ptool_ops.repo.manifest import ObjectEntry
+from ptool_ops.settings import EnvironmentSettings
+
+#: (stage, raw bytes dumped, estimated total)
+Progress = Callable[[str, int, int], None]
+
+DUMP_ARGS = ["--format=custom", "--compress=0", "--no-sync"]
+
+#: tables at least this big (heap + TOAST) get their own data object, dumped and restored
+#: in parallel with the rest (``jobs`` streams at a time)
+SPLIT_TABLE_BYTES = 32 * 1024 * 1024
+
+_TABLES = """
+SELECT n.nspname, c.relname, greatest(c.reltuples, 0)::bigint, pg_table_size(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = 'r'
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+ORDER BY 1, 2
+"""
+
+
+def _tool_version(path: str) -> str:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def _ptool_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ptool-ops")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _count_rows(conn: Any, tables: list[TableInfo], errors: list[BaseException]) -> None:
+    from psycopg import sql
+
+    try:
+        for table in tables:
+            row = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}.{}").format(
+                    sql.Identifier(table.schema_name), sql.Identifier(table.name)
+                )
+            ).fetchone()
+            table.rows = int(row[0]) if row else None
+    except BaseException as err:  # reported by the caller, on its thread
+        errors.append(err)
+
+
+def _pattern(table: TableInfo) -> str:
+    """A pg_dump pattern matching exactly this table (quoted: no wildcards, any case)."""
+
+    def quote(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    return f"{quote(table.schema_name)}.{quote(table.name)}"
+
+
+def _stoppable(chunks: Iterator[bytes], stop: threading.Event) -> Iterator[bytes]:
+    """Stop a stream (and so its pg_dump) when another stream of the backup failed."""
+    try:
+        for chunk in chunks:
+            if stop.is_set():
+                raise OperationFailed("stopped because another part of the backup failed.")
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class _Meter:
+    """Sums the progress of concurrent streams."""
+
+    def __init__(self, report: Callable[[int], None]) -> None:
+        self._report = report
+        self._done: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def track(self, key: str) -> Callable[[int, int], None]:
+        def update(raw: int, _stored: int) -> None:
+            with self._lock:
+                self._done[key] = raw
+                total = sum(self._done.values())
+            self._report(total)
+
+        return update
+
+
+def create(
+    settings: EnvironmentSettings,
+    *,
+    progress: Progress | None = None,
+    exact_counts: bool = True,
+    jobs: int = 2,
+    split_bytes: int = SPLIT_TABLE_BYTES,
+) -> CreateResult:
+    """Take a logical backup of the environment's database into its repository."""
+    from ptool_ops.booking.schema import schema_version
+    from ptool_ops.repo import for_settings
+    from ptool_ops.targets import database_url
+
+    repo = for_settings(settings)
+    url = database_url(settings)
+    backup_id = new_id()
+    report: Progress = progress or (lambda stage, done, total: None)
+    step = "preflight"
+    with audit.record(
+        settings, "backup.create", {"backup_id": backup_id, "repository": repo.url}
+    ) as entry:
+        try:
+            started = datetime.now(UTC)
+            clock = time.monotonic()
+            with pg.connect(url) as conn:
+                facts = pg.server_facts(conn)
+                schema = schema_version(conn)
+            tool = pg.find_tool(
+                "pg_dump",
+                server_major=facts.major,
+                need_tls=pg.needs_tls(url),
+                pg_bin_dir=settings.pg_bin_dir,
+            )
+            repo.ensure_initialised()
+
+            step = "exporting the snapshot"
+            snap = pg.connect(url, autocommit=False)
+            counter: threading.Thread | None = None
+            counter_errors: list[BaseException] = []
+            try:
+                snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                snap.execute("SET LOCAL row_security = off")
+                row = snap.execute(
+                    "SELECT pg_export_snapshot(), (CASE WHEN pg_is_in_recovery() "
+                    "THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text"
+                ).fetchone()
+                assert row is not None
+                snapshot, lsn = str(row[0]), row[1]
+                tables = [
+                    TableInfo(schema_name=s, name=n, row_estimate=int(r), bytes=int(b))
+                    for s, n, r, b in snap.execute(_TABLES).fetchall()
+                ]
+                prefix = backup_dir(backup_id)
+                snap_args = [*DUMP_ARGS, f"--snapshot={snapshot}"]
+
+                step = "dumping"
+                big = [t for t in tables if t.bytes >= split_bytes] if jobs > 1 else []
+                streams: list[tuple[str, list[str], str | None]] = [
+                    (
+                        f"{prefix}/data.pgdump.zst",
+                        [
+                            *snap_args,
+                            "--section=pre-data",
+                            "--section=data",
+                            *(f"--exclude-table-data={_pattern(t)}" for t in big),
+                        ],
+                        None,
+                    )
+                ]
+                streams += [
+                    (
+                        f"{prefix}/table-{n:03d}.pgdump.zst",
+                        [*snap_args, "--section=data", f"--table={_pattern(t)}"],
+                        f"{t.schema_name}.{t.name}",
+                    )
+                    for n, t in enumerate(sorted(big, key=lambda t: -t.bytes))
+                ]
+                if exact_counts:
+                    counter = threading.Thread(
+                        target=_count_rows, args=(snap, tables, counter_errors), daemon=True
+                    )
+                    counter.start()
+                report("dumping", 0, facts.size_bytes)
+                meter = _Meter(lambda done: report("dumping", done, facts.size_bytes))
+                stop = threading.Event()
+
+                def store(key: str, args: list[str]) -> ObjectEntry:
+                    return repo.write_object(
+                        key,
+                        _stoppable(tools.dump(tool, url, args), stop),
+                        progress=meter.track(key),
+                    )
+
+                # post-data (small) on its own thread; the data streams ``jobs`` at a time
+                with (
+                    ThreadPoolExecutor(1, thread_name_prefix="post-data") as side,
+                    ThreadPoolExecutor(max(jobs, 1), thread_name_prefix="dump") as pool,
+                ):
+                    post_future = side.submit(
+                        store, f"{prefix}/post-data.pgdump.zst", [*snap_args, "--section=post-data"]
+                    )
+                    futures = [pool.submit(store, key, args) for key, args, _ in streams]
+                    try:
+                        step = "dumping the data"
+                        data_objects = [f.result() for f in futures]
+                        step = "dumping the post-data section"
+                        post = post_future.result()
+                    except BaseException:
+                        stop.set()
+                        raise
+                table_objects = {key: table for (key, _, table) in streams if table is not None}
+                if counter is not None:
+                    step = "counting rows"
+                    counter.join()
+                    if counter_errors:
+                        raise counter_errors[0]
+            finally:
+                if counter is not None and counter.is_alive():
+                    snap.cancel_safe()  # a failed dump: stop counting, end the snapshot
+                    counter.join()
+                snap.rollback()
+                snap.close()
+
+            step = "writing the manifest"
+            manifest = BackupManifest(
+                id=backup_id,
+                environment=settings.name,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                tool_version=_ptool_version(),
+                objects=[*data_objects, post],
+                database=facts.database,
+                server_version=facts.version,
+                server_version_num=facts.version_num,
+                pg_dump_version=_tool_version(str(tool.path)),
+                schema_version=schema,
+                start_lsn=lsn,
+                size_bytes=facts.size_bytes,
+                tables=tables,
+                table_objects=table_objects,
+            )
+            repo.storage.put_bytes(manifest_key(backup_id), manifest.to_json())
+        except PtoolError as err:
+            raise type(err)(
+                f"backup {backup_id} failed while {step}: {err.message.rstrip('.')}.",
+                hint=err.hint,
+            ) from None
+        elapsed = round(time.monotonic() - clock, 3)
+        result = CreateResult(
+            id=backup_id,
+            repository=repo.url,
+            database=facts.database,
+            raw_bytes=sum(o.raw_size for o in manifest.objects),
+            stored_bytes=manifest.stored_bytes,
+            elapsed_s=elapsed,
+            encrypted=manifest.encrypted,
+            pg_dump=tool.describe(),
+            manifest=manifest_key(backup_id),
+        )
+        entry.details.update(
+            {"database": facts.database, "stored_bytes": result.stored_bytes, "elapsed_s": elapsed}
+        )
+        return result

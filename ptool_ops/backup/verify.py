@@ -1,0 +1,107 @@
+"""``backup verify``: re-read every object (checksum, decrypt, decompress); with ``restore``
+also restore into a scratch database, run the invariants, compare row counts, drop it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from ptool_ops import audit
+from ptool_ops.backup.catalog import resolve
+from ptool_ops.backup.models import ObjectCheck, VerifyResult, verified_key
+from ptool_ops.backup.restore import (
+    default_target,
+    drop_database,
+    offset_progress,
+    plan,
+    restore_into,
+    validate,
+)
+from ptool_ops.repo.errors import CorruptObject
+from ptool_ops.settings import EnvironmentSettings
+
+Progress = Callable[[str, int, int], None]
+
+
+def verify(
+    settings: EnvironmentSettings,
+    backup_id: str,
+    *,
+    restore: bool = False,
+    jobs: int = 2,
+    progress: Progress | None = None,
+) -> VerifyResult:
+    """Check a backup; problems are reported in the result (``ok`` false), not raised.
+    A wrong key or an unreachable repository raises: the check could not run."""
+    from ptool_ops.repo import for_settings
+
+    report: Progress = progress or (lambda stage, done, total: None)
+    clock = time.monotonic()
+    repo = for_settings(settings)
+    manifest = resolve(repo, backup_id)
+    for item in manifest.objects:
+        repo.check_key(item)
+    result = VerifyResult(manifest.id, True, [])
+    with audit.record(
+        settings, "backup.verify", {"backup_id": manifest.id, "restore": restore}
+    ) as record:
+        total = sum(o.raw_size for o in manifest.objects)
+        done = 0
+        for item in manifest.objects:
+            base = done
+            try:
+                for _chunk in repo.read_object(
+                    item, progress=offset_progress(report, "verifying", base, total)
+                ):
+                    pass
+                result.objects.append(ObjectCheck(item.key, True, item.size))
+            except CorruptObject as err:
+                result.objects.append(ObjectCheck(item.key, False, item.size, err.message))
+                result.problems.append(err.message)
+            done += item.raw_size
+        if restore and not result.problems:
+            from ptool_ops.targets import database_url
+
+            url = database_url(settings)
+            scratch = default_target(manifest, "verify")
+            steps = plan(manifest, scratch, in_place=False, jobs=jobs, current_db="")
+            restore_into(
+                repo,
+                manifest,
+                url,
+                scratch,
+                steps,
+                jobs=jobs,
+                pg_bin_dir=settings.pg_bin_dir,
+                progress=report,
+            )
+            try:
+                report("validating", 0, 0)
+                invariants, mismatches = validate(url, scratch, manifest, jobs)
+            finally:
+                drop_database(url, scratch)
+            result.restore = {
+                "scratch_database": scratch,
+                "invariants": invariants,
+                "row_count_mismatches": mismatches,
+            }
+            if not invariants.get("ok"):
+                result.problems.append(
+                    f"{invariants.get('violation_count')} invariant violation(s) after restore."
+                )
+            result.problems.extend(f"row count differs: {m}" for m in mismatches)
+        result.ok = not result.problems
+        result.elapsed_s = round(time.monotonic() - clock, 3)
+        record.details.update({"ok": result.ok, "problems": result.problems[:5]})
+        if result.ok:
+            repo.put_json(
+                verified_key(manifest.id),
+                {
+                    "ok": True,
+                    "backup_id": manifest.id,
+                    "verified_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "restore_tested": restore,
+                },
+            )
+    return result

@@ -1,0 +1,142 @@
+"""The narrow storage interface every repository backend implements.
+
+Backends move bytes and nothing else: checksums, compression, encryption, retries of whole
+objects and manifests live above them in :mod:`ptool_ops.repo.repository`. Keys are
+``/``-separated paths relative to the repository root (``backups/<id>/manifest.json``).
+
+A write is a small lifecycle: :meth:`Storage.open_writer` returns a :class:`Writer`;
+``write`` as often as needed, then ``commit`` (the object appears, atomically) or ``abort``
+(nothing appears). A process killed in between leaves a *partial upload* — a temp file, an
+S3 multipart upload — that :meth:`Storage.list_partial` finds and
+:meth:`Storage.abort_partial` removes.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from ptool_ops.errors import ConfigError
+
+#: How much a reader asks for at a time.
+READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime
+
+
+@dataclass(frozen=True)
+class PartialUpload:
+    """An upload that was started and neither committed nor aborted."""
+
+    key: str
+    upload_id: str  # the S3 UploadId, or the temp file's name on disk
+    started: datetime
+
+
+class Writer(abc.ABC):
+    """One object being written. Exactly one of ``commit`` / ``abort`` ends it."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None: ...
+
+
+class Storage(abc.ABC):
+    """put stream, get stream, list, delete, exists, and the partial-upload lifecycle."""
+
+    url: str
+
+    @abc.abstractmethod
+    def open_writer(self, key: str) -> Writer: ...
+
+    @abc.abstractmethod
+    def get_stream(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        """The object's bytes in order; raises ``ObjectMissing`` if there is none."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Committed objects whose key starts with ``prefix``, in key order."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; removing a missing one is not an error."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def list_partial(self, prefix: str = "") -> builtins.list[PartialUpload]: ...
+
+    @abc.abstractmethod
+    def abort_partial(self, partial: PartialUpload) -> None: ...
+
+    # --- written once, on top of the primitives ---------------------------------------------
+
+    def put_stream(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Write ``chunks`` as one object; on any failure the upload is aborted."""
+        writer = self.open_writer(key)
+        size = 0
+        try:
+            for chunk in chunks:
+                if chunk:
+                    writer.write(chunk)
+                    size += len(chunk)
+        except BaseException:
+            writer.abort()
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # a generator's cleanup (killing pg_dump) runs now, not at GC
+            raise
+        writer.commit()
+        return size
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.put_stream(key, [data])
+
+    def get_bytes(self, key: str) -> bytes:
+        return b"".join(self.get_stream(key))
+
+
+def check_key(key: str) -> str:
+    """Keys are relative, ``/``-separated, without ``.`` or ``..`` parts."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in {"", ".", ".."} for p in parts):
+        raise ValueError(f"invalid repository key {key!r}")
+    return key
+
+
+def open_storage(
+    url: str,
+    *,
+    part_size: int,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+) -> Storage:
+    """The backend for ``url``: ``file:///path`` or ``s3://bucket/prefix``."""
+    if url.startswith("file://"):
+        from ptool_ops.repo.file import FileStorage
+
+        return FileStorage.from_url(url)
+    if url.startswith("s3://"):
+        from ptool_ops.repo.s3 import S3Storage
+
+        return S3Storage.from_url(
+            url, part_size=part_size, region=region, endpoint_url=endpoint_url
+        )
+    raise ConfigError(
+        f"repository URL {url!r} is neither s3://bucket/prefix nor file:///path.",
+        hint="Fix repo_url in ptool-ops.toml or PTOOL_REPO_URL.",
+    )
