@@ -22,6 +22,7 @@ from ptool_ops.cli import audit as audit_cli
 from ptool_ops.cli import backup as backup_cli
 from ptool_ops.cli import config as config_cli
 from ptool_ops.cli import local as local_cli
+from ptool_ops.cli import migrate as migrate_cli
 from ptool_ops.cli import status as status_cli
 from ptool_ops.cli.context import AppContext
 from ptool_ops.console import Output, OutputFormat, Redactor, configure_logging
@@ -131,6 +132,7 @@ app.add_typer(api_cli.app, name="api")
 app.add_typer(config_cli.app, name="config")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(backup_cli.app, name="backup")
+app.add_typer(migrate_cli.app, name="migrate")
 app.command("status")(status_cli.status)
 
 

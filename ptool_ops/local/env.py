@@ -180,7 +180,8 @@ class LocalEnvironment:
         invariants). A fresh database gets no backup point (there is nothing to lose); one
         that already has migrations gets a logical backup into the local repository first.
         No API readiness check: the API starts after this."""
-        from ptool_ops.migrate.runner import Runner
+        from ptool_ops.audit import actor
+        from ptool_ops.migrate.runner import Runner, RunOptions
         from ptool_ops.settings import EnvironmentSettings
 
         settings = EnvironmentSettings(
@@ -191,6 +192,7 @@ class LocalEnvironment:
         )
         run = Runner(
             self.server.superuser_url(DATABASE),
+            options=RunOptions(actor=actor()),
             settings=settings,
             take_backup=True,
             backup_if_fresh=False,

@@ -1,0 +1,562 @@
+"""``ptool-ops migrate``: safe schema migrations.
+
+One function per command; each parses, calls the library in ``ptool_ops.migrate`` and
+renders. Keep module-level imports light (``--help`` must stay fast): pglast and the
+library are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from ptool_ops.cli import context
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ptool_ops.cli.context import AppContext
+    from ptool_ops.migrate.lint import Finding, LintReport
+    from ptool_ops.migrate.runner import Plan, Runner, RunResult
+
+app = typer.Typer(
+    help="Safe schema migrations: status, plan, lint, test, up, down, verify, new, repair."
+)
+
+
+class LintFormat(enum.StrEnum):
+    text = "text"
+    github = "github"
+
+
+def default_migrations_dir() -> Path:
+    """The booking service's migrations shipped in the package (one definition of it)."""
+    from ptool_ops.booking.schema import MIGRATIONS_DIR
+
+    return MIGRATIONS_DIR
+
+
+@app.command()
+def lint(
+    ctx: typer.Context,
+    paths: list[Path] | None = typer.Argument(
+        None,
+        help="Migration files or directories (searched recursively for *.sql, down and"
+        " verify scripts skipped). Default: the booking migrations.",
+        show_default=False,
+    ),
+    fmt: LintFormat = typer.Option(
+        LintFormat.text,
+        "--format",
+        help="text for people, github for GitHub Actions annotations"
+        " (JSON: use the global --output json).",
+    ),
+    assume_no_transaction: bool = typer.Option(
+        False,
+        "--assume-no-transaction",
+        help="Lint every file as if marked '-- ptool: no-transaction'.",
+    ),
+    tenant_tables: list[str] = typer.Option(
+        [],
+        "--tenant-table",
+        help="A table known to hold tenant rows (repeatable), besides those with tenant_id"
+        " created by the files.",
+    ),
+    pg_version: int = typer.Option(18, "--pg-version", min=10, help="Target server major."),
+) -> None:
+    """Find lock-unsafe and release-breaking DDL; exit 1 on any error not allowed in its file."""
+    from ptool_ops.errors import ProblemsFound
+    from ptool_ops.migrate.lint import lint_paths
+
+    app_ctx = context.get(ctx)
+    report = lint_paths(
+        paths or [default_migrations_dir()],
+        transactional=False if assume_no_transaction else None,
+        known_tenant_tables=tenant_tables,
+        pg_version=pg_version,
+    )
+    if fmt is LintFormat.github and not app_ctx.output.json:
+        for line in github_annotations(report):
+            app_ctx.output.out.print(line, markup=False, highlight=False, emoji=False)
+    else:
+        app_ctx.output.result(report.to_dict(), lambda out: render_lint(out, report))
+    if not report.ok:
+        raise typer.Exit(ProblemsFound.exit_code)
+
+
+def _escape_data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def github_annotations(report: LintReport) -> list[str]:
+    """One ``::error``/``::warning``/``::notice`` workflow command per finding."""
+    lines = []
+    for f in report.findings:
+        level = "notice" if f.allowed else f.severity.value
+        message = f"{f.message}. Fix: {f.fix}"
+        if f.allowed:
+            message = f"{f.message} (allowed: {f.allow_reason})"
+        props = ",".join(
+            f"{key}={_escape_property(str(value))}"
+            for key, value in (
+                ("file", f.file),
+                ("line", f.line),
+                ("col", f.column),
+                ("title", f.rule),
+            )
+        )
+        lines.append(f"::{level} {props}::{_escape_data(message)}")
+    return lines
+
+
+def _finding_line(f: Finding) -> str:
+    from rich.markup import escape
+
+    colour = "dim" if f.allowed else "red" if f.severity.value == "error" else "yellow"
+    label = "allowed" if f.allowed else f.severity.value
+    head = (
+        f"{escape(f.file)}:{f.line}:{f.column}: [{colour}]{label}[/{colour}] [bold]{f.rule}[/bold]"
+    )
+    body = f"  {escape(f.message)}"
+    tail = (
+        f"  [dim]reason: {escape(f.allow_reason or '')}[/dim]"
+        if f.allowed
+        else f"  [dim]fix: {escape(f.fix)}[/dim]"
+    )
+    return "\n".join((head, body, tail))
+
+
+def render_lint(out: Console, report: LintReport) -> None:
+    for finding in report.findings:
+        out.print(_finding_line(finding))
+    errors, warnings, allowed = len(report.errors), len(report.warnings), len(report.allowed)
+    mark = "[green]✓[/green]" if report.ok else "[red]✗[/red]"
+    out.print(
+        f"{mark} {len(report.files)} file(s): {errors} error(s), {warnings} warning(s),"
+        f" {allowed} allowed"
+    )
+
+
+# --- the runner ----------------------------------------------------------------------------
+
+DIR_OPTION = typer.Option(
+    None,
+    "--dir",
+    help="Directory of NNNN_name.up/down/verify.sql (default: the migrations_dir setting,"
+    " else the booking migrations).",
+    show_default=False,
+)
+
+
+def _directory(app_ctx: AppContext, directory: Path | None) -> Path:
+    from ptool_ops.errors import ConfigError
+
+    chosen = directory or app_ctx.settings.migrations_dir or default_migrations_dir()
+    if not chosen.is_dir():
+        raise ConfigError(
+            f"the migrations directory {chosen} does not exist.",
+            hint="Pass --dir or set migrations_dir to the directory holding the migrations.",
+        )
+    return chosen
+
+
+def _runner(
+    app_ctx: AppContext,
+    directory: Path | None,
+    *,
+    take_backup: bool = True,
+    check_api: bool = True,
+) -> Runner:
+    from rich.markup import escape
+
+    from ptool_ops.migrate.runner import runner_for
+
+    return runner_for(
+        app_ctx.settings,
+        directory=_directory(app_ctx, directory),
+        take_backup=take_backup,
+        check_api=check_api,
+        log=lambda message: app_ctx.output.info(f"[dim]{escape(message)}[/dim]"),
+    )
+
+
+_STATE_COLOUR = {"applied": "green", "pending": "yellow", "drifted": "red", "missing": "red"}
+
+
+@app.command()
+def status(ctx: typer.Context, directory: Path | None = DIR_OPTION) -> None:
+    """Applied, pending, drifted (a script changed) and missing (files gone) migrations;
+    exit 1 on drift or missing files."""
+    from ptool_ops.errors import ProblemsFound
+
+    app_ctx = context.get(ctx)
+    report = _runner(app_ctx, directory).status()
+
+    def render(out: Console) -> None:
+        from rich.table import Table
+
+        table = Table(box=None, pad_edge=False)
+        for column in ("version", "name", "state", "applied at", "by", "ms", "note"):
+            table.add_column(column)
+        for m in report.migrations:
+            colour = _STATE_COLOUR[m.state.value]
+            detail = f" ({', '.join(m.drift)})" if m.drift else ""
+            row = m.row
+            table.add_row(
+                m.version,
+                m.name,
+                f"[{colour}]{m.state.value}{detail}[/{colour}]",
+                row.applied_at.strftime("%Y-%m-%d %H:%M") if row else "",
+                row.applied_by if row else "",
+                str(row.duration_ms) if row and row.duration_ms is not None else "",
+                (row.note or "") if row else "",
+            )
+        out.print(table)
+        out.print(
+            f"current version {report.current or '(none)'}; {len(report.pending)} pending,"
+            f" {len(report.problems)} drifted or missing"
+        )
+
+    app_ctx.output.result(report.to_dict(), render)
+    if report.problems:
+        first = report.problems[0]
+        app_ctx.fail(
+            ProblemsFound(
+                f"migration {first.label} is {first.state.value}: the history does not match"
+                " the files.",
+                hint=f"Restore the files or run 'ptool-ops migrate repair {first.version}"
+                " --accept|--forget --reason ...'.",
+            )
+        )
+
+
+def _render_plan(out: Console, plan: Plan) -> None:
+    from rich.markup import escape
+
+    if not plan.pending:
+        out.print(f"[green]✓[/green] nothing pending (current version {plan.status.current})")
+    for m in plan.pending:
+        mode = "one transaction" if m.transactional else "no-transaction: statement by statement"
+        out.print(f"[bold]{m.version}_{m.name}[/bold]  ({mode})")
+        for s in m.statements:
+            out.print(f"  line {s.line}: {escape(s.text)}")
+            for lk in s.locks:
+                colour = "red" if lk["blocks_writes"] and not lk["new_table"] else "dim"
+                extra = ", ".join(k for k in ("rewrites", "scans", "new_table") if lk[k])
+                out.print(
+                    f"    [{colour}]{lk['mode']}[/{colour}] on {escape(lk['table'])}"
+                    + (f" ({extra})" if extra else "")
+                )
+            if s.opaque:
+                out.print("    [yellow]opaque: locks not visible in the parse tree[/yellow]")
+        for f in m.findings:
+            label = "allowed" if f["allowed"] else f["severity"]
+            out.print(f"  lint {label} {f['rule']} line {f['line']}: {escape(f['message'])}")
+    if plan.backup is not None:
+        out.print(f"backup point: [bold]{plan.backup.kind.value}[/bold] ({plan.backup.reason})")
+    out.print(
+        f"every statement: lock_timeout {plan.options.lock_timeout_ms} ms (55P03 retried"
+        f" {plan.options.lock_retries} times), statement_timeout"
+        f" {plan.options.statement_timeout_ms} ms"
+    )
+    for reason in plan.blocked:
+        out.print(f"[red]up would refuse:[/red] {escape(reason)}")
+
+
+def _show_plan(app_ctx: AppContext, runner: Runner) -> None:
+    from ptool_ops.errors import Refused
+
+    plan = runner.plan()
+    app_ctx.output.result({"dry_run": True, **plan.to_dict()}, lambda out: _render_plan(out, plan))
+    if plan.blocked:
+        app_ctx.fail(Refused(f"migrate up would refuse: {plan.blocked[0]}."))
+
+
+@app.command()
+def plan(ctx: typer.Context, directory: Path | None = DIR_OPTION) -> None:
+    """Pending migrations, their lint findings, the locks each statement takes and the
+    backup point up would take; exit 7 when up would refuse."""
+    app_ctx = context.get(ctx)
+    _show_plan(app_ctx, _runner(app_ctx, directory))
+
+
+def _render_run(out: Console, result: RunResult) -> None:
+    from rich.markup import escape
+
+    for note in result.notes:
+        out.print(f"[green]✓[/green] {note}")
+    for m in result.migrations:
+        retry = f", {m.attempts} attempts" if m.attempts > 1 else ""
+        out.print(f"[green]✓[/green] {m.outcome} {m.version}_{m.name} in {m.duration_ms} ms{retry}")
+    if result.backup_point is not None:
+        out.print(
+            f"backup point {escape(result.backup_point.label)}; way back:"
+            f" {escape(result.backup_point.restore_command)}"
+        )
+
+
+def _protect_backup(app_ctx: AppContext, no_backup_point: bool) -> None:
+    from ptool_ops.errors import Refused
+
+    if no_backup_point and app_ctx.settings.needs_confirmation:
+        raise Refused(
+            f"environment {app_ctx.settings.name!r} is protected: migrations there always take"
+            " a backup point.",
+            hint="Drop --no-backup-point.",
+        )
+
+
+NO_BACKUP = typer.Option(
+    False,
+    "--no-backup-point",
+    help="Take no backup point first (not on protected environments).",
+)
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    directory: Path | None = DIR_OPTION,
+    to: str | None = typer.Option(None, "--to", help="Stop after this version."),
+    no_backup_point: bool = NO_BACKUP,
+) -> None:
+    """Lint, take a backup point, apply pending migrations with verify + invariants, check
+    the API; roll back on any failure. --dry-run shows the plan."""
+    from ptool_ops import audit
+
+    app_ctx = context.get(ctx)
+    runner = _runner(app_ctx, directory, take_backup=not no_backup_point)
+    if app_ctx.dry_run:
+        _show_plan(app_ctx, runner)
+        return
+    _protect_backup(app_ctx, no_backup_point)
+    settings = app_ctx.settings
+    if settings.needs_confirmation:
+        pending = [s.label for s in runner.status().pending if to is None or s.version <= to]
+        if not pending:
+            app_ctx.output.result(
+                {"direction": "up", "migrations": [], "notes": ["nothing to apply"]},
+                lambda out: out.print("[green]✓[/green] nothing to apply"),
+            )
+            return
+        app_ctx.confirm(f"Apply {', '.join(pending)} to {settings.name!r}")
+    with audit.record(
+        settings, "migrate.up", {"directory": str(runner.directory), "to": to}
+    ) as entry:
+        result = runner.up(to=to)
+        entry.details.update(
+            {
+                "run_id": result.run_id,
+                "applied": [m.version for m in result.migrations],
+                "backup_point": result.backup_point.label if result.backup_point else None,
+            }
+        )
+    app_ctx.output.result(result.to_dict(), lambda out: _render_run(out, result))
+
+
+@app.command()
+def down(
+    ctx: typer.Context,
+    directory: Path | None = DIR_OPTION,
+    steps: int = typer.Option(1, "--steps", min=1, help="How many migrations to revert."),
+    to: str | None = typer.Option(
+        None, "--to", help="Revert every migration after this version (overrides --steps)."
+    ),
+    no_backup_point: bool = NO_BACKUP,
+) -> None:
+    """Revert the last applied migration(s) with their down scripts (after a backup point)."""
+    from ptool_ops import audit
+
+    app_ctx = context.get(ctx)
+    runner = _runner(app_ctx, directory, take_backup=not no_backup_point)
+    report = runner.status()
+    applied = [s for s in report.migrations if s.state.value != "pending"]
+    targets = [s for s in applied if s.version > to] if to is not None else applied[-steps:]
+    if app_ctx.dry_run or not targets:
+        labels = [s.label for s in reversed(targets)]
+        app_ctx.output.result(
+            {"dry_run": app_ctx.dry_run, "direction": "down", "would_revert": labels},
+            lambda out: out.print(
+                f"would revert: {', '.join(labels)}" if labels else "nothing to revert"
+            ),
+        )
+        return
+    _protect_backup(app_ctx, no_backup_point)
+    settings = app_ctx.settings
+    app_ctx.confirm(
+        f"Revert {', '.join(s.label for s in reversed(targets))} on {settings.name!r}"
+        " (their down scripts may drop data)"
+    )
+    with audit.record(
+        settings, "migrate.down", {"directory": str(runner.directory), "steps": steps, "to": to}
+    ) as entry:
+        result = runner.down(steps=steps, to=to)
+        entry.details.update(
+            {
+                "run_id": result.run_id,
+                "reverted": [m.version for m in result.migrations],
+                "backup_point": result.backup_point.label if result.backup_point else None,
+            }
+        )
+    app_ctx.output.result(result.to_dict(), lambda out: _render_run(out, result))
+
+
+@app.command()
+def verify(ctx: typer.Context, directory: Path | None = DIR_OPTION) -> None:
+    """Run the verify script of every applied migration and the booking invariants
+    (read only); exit 1 if any fails."""
+    from ptool_ops.errors import ProblemsFound
+
+    app_ctx = context.get(ctx)
+    report = _runner(app_ctx, directory).verify()
+
+    def render(out: Console) -> None:
+        from rich.markup import escape
+
+        for r in report.results:
+            mark = "[green]✓[/green]" if r["ok"] else "[red]✗[/red]"
+            out.print(f"{mark} {r['version']}_{r['name']}: {escape(r['detail'])}")
+        if report.invariants is not None:
+            mark = "[green]✓[/green]" if report.invariants["ok"] else "[red]✗[/red]"
+            out.print(
+                f"{mark} booking invariants: {report.invariants['violation_count']} violation(s)"
+            )
+
+    app_ctx.output.result(report.to_dict(), render)
+    if not report.ok:
+        app_ctx.fail(ProblemsFound("verification failed: the schema is not what was applied."))
+
+
+@app.command()
+def new(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="lower_case_words: what the migration does."),
+    directory: Path | None = DIR_OPTION,
+    no_transaction: bool = typer.Option(
+        False, "--no-transaction", help="Mark it '-- ptool: no-transaction' (CONCURRENTLY...)."
+    ),
+) -> None:
+    """Scaffold NNNN_NAME.up.sql, .down.sql and .verify.sql with the next version."""
+    from ptool_ops.migrate.scaffold import scaffold
+
+    app_ctx = context.get(ctx)
+    paths = scaffold(_directory(app_ctx, directory), name, no_transaction=no_transaction)
+
+    def render(out: Console) -> None:
+        for path in paths:
+            out.print(f"[green]created[/green] {path}")
+
+    app_ctx.output.result({"created": [str(p) for p in paths]}, render)
+
+
+class RepairAction(enum.StrEnum):
+    accept = "accept"
+    forget = "forget"
+
+
+@app.command()
+def repair(
+    ctx: typer.Context,
+    version: str = typer.Argument(..., help="The drifted or missing migration's version."),
+    accept: bool = typer.Option(
+        False, "--accept", help="The files as they are now are what was applied: re-hash."
+    ),
+    forget: bool = typer.Option(
+        False, "--forget", help="Mark the migration not applied (its files are gone)."
+    ),
+    reason: str = typer.Option(..., "--reason", help="Why: recorded in history and audit."),
+    directory: Path | None = DIR_OPTION,
+) -> None:
+    """Record an operator's decision on drift: --accept the files or --forget the row."""
+    from ptool_ops import audit
+    from ptool_ops.errors import ConfigError
+
+    app_ctx = context.get(ctx)
+    if accept == forget:
+        raise ConfigError("repair needs exactly one of --accept and --forget.")
+    action = RepairAction.accept if accept else RepairAction.forget
+    runner = _runner(app_ctx, directory)
+    settings = app_ctx.settings
+    if app_ctx.dry_run:
+        app_ctx.output.result(
+            {"dry_run": True, "version": version, "action": action.value},
+            lambda out: out.print(f"would {action.value} migration {version}"),
+        )
+        return
+    if settings.needs_confirmation:
+        app_ctx.confirm(f"Record '{action.value}' for migration {version} on {settings.name!r}")
+    with audit.record(
+        settings, "migrate.repair", {"version": version, "action": action.value, "reason": reason}
+    ):
+        result = runner.repair(version, action=action.value, reason=reason)
+    app_ctx.output.result(
+        result.to_dict(),
+        lambda out: out.print(
+            f"[green]✓[/green] {version}: {action.value} recorded; now {result.state.value}"
+        ),
+    )
+
+
+class TestSource(enum.StrEnum):
+    auto = "auto"
+    template = "template"
+    dump = "dump"
+
+
+@app.command("test")
+def test_(
+    ctx: typer.Context,
+    directory: Path | None = DIR_OPTION,
+    source: TestSource = typer.Option(
+        TestSource.auto,
+        "--source",
+        help="How to copy the database: template (CREATE DATABASE ... TEMPLATE, needs no other"
+        " sessions), dump (schema-only pg_dump), auto (template, else dump).",
+    ),
+) -> None:
+    """On a scratch copy: up, verify + invariants, down, catalog equal to before, up again,
+    for each pending migration; exit 1 if any is not reversible."""
+    from rich.markup import escape
+
+    from ptool_ops.errors import ProblemsFound
+    from ptool_ops.migrate.testing import run_migration_tests
+    from ptool_ops.targets import database_url
+
+    app_ctx = context.get(ctx)
+    settings = app_ctx.settings
+    runner = _runner(app_ctx, directory, take_backup=False, check_api=False)
+    report = run_migration_tests(
+        database_url(settings),
+        directory=runner.directory,
+        options=runner.options,
+        source=source.value,
+        pg_bin_dir=settings.pg_bin_dir,
+        log=lambda message: app_ctx.output.info(f"[dim]{escape(message)}[/dim]"),
+    )
+
+    def render(out: Console) -> None:
+        if not report.migrations:
+            out.print("[green]✓[/green] nothing pending to test")
+        for m in report.migrations:
+            mark = "[green]✓[/green]" if m.ok else "[red]✗[/red]"
+            out.print(
+                f"{mark} {m.version}_{m.name}: up {m.up_ms} ms, down {m.down_ms} ms,"
+                f" up again {m.reapply_ms} ms" + (f" -- {escape(m.error)}" if m.error else "")
+            )
+            for aspect, change in m.diff.items():
+                for side in ("removed", "added"):
+                    for row in change[side]:
+                        out.print(f"    {aspect} {side}: {escape(str(row))}")
+        out.print(f"scratch database {report.scratch_database} ({report.source}), dropped")
+
+    app_ctx.output.result(report.to_dict(), render)
+    if not report.ok:
+        failed = next(m for m in report.migrations if not m.ok)
+        app_ctx.fail(ProblemsFound(f"migration {failed.version}_{failed.name}: {failed.error}."))

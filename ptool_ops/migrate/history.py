@@ -1,0 +1,265 @@
+"""The migration history: what was applied, with which scripts, and how the files compare.
+
+The table is the one :mod:`ptool_ops.booking.schema` creates
+(``ptool_ops.migration_history``: version, name, checksum of the up script, applied
+at/by, duration, outcome). The runner extends it compatibly with the checksums of the
+down and verify scripts, the backup point taken before the run, the run's id and an
+operator's note (``repair``). ``outcome`` is ``applied``, ``reverted`` (rolled back by
+``down``) or ``forgotten`` (``repair --forget``); only ``applied`` rows count, so
+:func:`ptool_ops.booking.schema.schema_version` keeps working on the same table.
+
+Checksums are over normalised text (:func:`ptool_ops.booking.schema.checksum`: CRLF,
+trailing whitespace and trailing blank lines do not count). A migration without a
+verify script has the verify checksum ``none``. Rows written by the minimal runner have
+no down/verify checksums; those are not compared until ``repair`` records them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ptool_ops.booking.schema import (
+    HISTORY_TABLE,
+    MigrationFiles,
+    checksum,
+    ensure_history_table,
+)
+
+__all__ = [
+    "NO_VERIFY",
+    "FileChecksums",
+    "HistoryRow",
+    "MigrationState",
+    "MigrationStatus",
+    "StatusReport",
+    "ensure_history",
+    "file_checksums",
+    "history_exists",
+    "read_history",
+    "status",
+]
+
+NO_VERIFY = "none"
+
+_EXTEND = [
+    "ADD COLUMN IF NOT EXISTS down_checksum text",
+    "ADD COLUMN IF NOT EXISTS verify_checksum text",
+    "ADD COLUMN IF NOT EXISTS backup_point text",
+    "ADD COLUMN IF NOT EXISTS run_id text",
+    "ADD COLUMN IF NOT EXISTS note text",
+    "ADD COLUMN IF NOT EXISTS transactional boolean",
+]
+
+_COLUMNS = (
+    "version, name, checksum, down_checksum, verify_checksum, applied_at, applied_by,"
+    " duration_ms, outcome, backup_point, run_id, note"
+)
+
+
+def history_exists(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (HISTORY_TABLE,)).fetchone()
+    return bool(row and row[0])
+
+
+def _extended(conn: psycopg.Connection[Any]) -> bool:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+        " AND attname = 'transactional' AND NOT attisdropped",
+        (HISTORY_TABLE,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def ensure_history(conn: psycopg.Connection[Any]) -> None:
+    """Create the history table if missing and add the runner's columns (idempotent; only
+    takes a lock on the table when something is missing)."""
+    with conn.transaction():
+        if history_exists(conn) and _extended(conn):
+            return
+        ensure_history_table(conn)
+        conn.execute(
+            sql.SQL("ALTER TABLE {} {}").format(
+                sql.SQL(HISTORY_TABLE), sql.SQL(", ").join(sql.SQL(c) for c in _EXTEND)
+            )
+        )
+
+
+@dataclass(frozen=True)
+class FileChecksums:
+    up: str
+    down: str
+    verify: str
+
+
+def file_checksums(migration: MigrationFiles) -> FileChecksums:
+    return FileChecksums(
+        up=checksum(migration.up.read_text(encoding="utf-8")),
+        down=checksum(migration.down.read_text(encoding="utf-8")),
+        verify=(
+            checksum(migration.verify.read_text(encoding="utf-8"))
+            if migration.verify is not None
+            else NO_VERIFY
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    version: str
+    name: str
+    checksum: str
+    down_checksum: str | None
+    verify_checksum: str | None
+    applied_at: datetime
+    applied_by: str
+    duration_ms: int | None
+    outcome: str
+    backup_point: str | None
+    run_id: str | None
+    note: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "applied_at": self.applied_at.isoformat()}
+
+
+def read_history(conn: psycopg.Connection[Any]) -> dict[str, HistoryRow]:
+    """Every history row by version (empty without a history table). Works on a table the
+    runner has not extended yet (the new columns read as NULL)."""
+    if not history_exists(conn):
+        return {}
+    if _extended(conn):
+        query = sql.SQL("SELECT {} FROM {} ORDER BY version").format(
+            sql.SQL(_COLUMNS), sql.SQL(HISTORY_TABLE)
+        )
+    else:
+        query = sql.SQL(
+            "SELECT version, name, checksum, NULL, NULL, applied_at, applied_by, duration_ms,"
+            " outcome, NULL, NULL, NULL FROM {} ORDER BY version"
+        ).format(sql.SQL(HISTORY_TABLE))
+    rows = conn.execute(query).fetchall()
+    return {str(row[0]): HistoryRow(*row) for row in rows}
+
+
+class MigrationState(enum.StrEnum):
+    applied = "applied"
+    pending = "pending"
+    drifted = "drifted"  # applied, but a script changed since
+    missing = "missing"  # applied, but its files are gone
+
+
+@dataclass
+class MigrationStatus:
+    version: str
+    name: str
+    state: MigrationState
+    migration: MigrationFiles | None = field(repr=False, default=None)
+    row: HistoryRow | None = None
+    drift: list[str] = field(default_factory=list)  # which scripts changed
+
+    @property
+    def label(self) -> str:
+        return f"{self.version}_{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "name": self.name,
+            "state": self.state.value,
+            "drift": self.drift,
+            "applied_at": self.row.applied_at.isoformat() if self.row else None,
+            "applied_by": self.row.applied_by if self.row else None,
+            "duration_ms": self.row.duration_ms if self.row else None,
+            "outcome": self.row.outcome if self.row else None,
+            "backup_point": self.row.backup_point if self.row else None,
+            "note": self.row.note if self.row else None,
+        }
+
+
+@dataclass
+class StatusReport:
+    directory: str
+    migrations: list[MigrationStatus]
+
+    def of(self, state: MigrationState) -> list[MigrationStatus]:
+        return [m for m in self.migrations if m.state is state]
+
+    @property
+    def pending(self) -> list[MigrationStatus]:
+        return self.of(MigrationState.pending)
+
+    @property
+    def problems(self) -> list[MigrationStatus]:
+        return [
+            m
+            for m in self.migrations
+            if m.state in (MigrationState.drifted, MigrationState.missing)
+        ]
+
+    @property
+    def current(self) -> str | None:
+        applied = [
+            m.version
+            for m in self.migrations
+            if m.state in (MigrationState.applied, MigrationState.drifted, MigrationState.missing)
+        ]
+        return max(applied) if applied else None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "ok": self.ok,
+            "current": self.current,
+            "counts": {s.value: len(self.of(s)) for s in MigrationState},
+            "migrations": [m.to_dict() for m in self.migrations],
+        }
+
+
+def drift_of(row: HistoryRow, sums: FileChecksums) -> list[str]:
+    """Which scripts differ from what was applied (only recorded checksums count)."""
+    changed = []
+    if row.checksum != sums.up:
+        changed.append("up")
+    if row.down_checksum is not None and row.down_checksum != sums.down:
+        changed.append("down")
+    if row.verify_checksum is not None and row.verify_checksum != sums.verify:
+        changed.append("verify")
+    return changed
+
+
+def status(
+    migrations: list[MigrationFiles], history: dict[str, HistoryRow], directory: str
+) -> StatusReport:
+    """Compare the files with the history: applied, pending, drifted, missing."""
+    out: list[MigrationStatus] = []
+    by_version = {m.version: m for m in migrations}
+    for version in sorted(by_version.keys() | history.keys()):
+        migration = by_version.get(version)
+        row = history.get(version)
+        active = row is not None and row.outcome == "applied"
+        if migration is None:
+            assert row is not None
+            if active:
+                out.append(MigrationStatus(version, row.name, MigrationState.missing, None, row))
+            continue
+        if not active:
+            out.append(
+                MigrationStatus(version, migration.name, MigrationState.pending, migration, row)
+            )
+            continue
+        assert row is not None
+        drift = drift_of(row, file_checksums(migration))
+        if row.name != migration.name:
+            drift.insert(0, "name")
+        state = MigrationState.drifted if drift else MigrationState.applied
+        out.append(MigrationStatus(version, migration.name, state, migration, row, drift))
+    return StatusReport(directory, out)

@@ -1,0 +1,158 @@
+"""``ptool-ops migrate ...`` end to end: exit codes, JSON, audit, backup point, test."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import Cli, TestDatabase
+from tests.migrate.runner_support import add_migration, invalid_indexes, migrations_copy
+
+ADD_NOTE = "ALTER TABLE booking.tenants ADD COLUMN note text;\n"
+DROP_NOTE = "ALTER TABLE booking.tenants DROP COLUMN note;\n"
+
+
+def configure(cli: Cli, db: TestDatabase, directory: Path, tmp_path: Path) -> None:
+    cli.write_config(
+        "[environments.t]\n"
+        f'database_url = "{db.conninfo}"\n'
+        f'repo_url = "file://{tmp_path / "repo"}"\n'
+        f'migrations_dir = "{directory}"\n'
+        "lock_timeout_ms = 500\n"
+    )
+
+
+def test_status_plan_up_down_verify(cli: Cli, booking_db: TestDatabase, tmp_path: Path) -> None:
+    directory = migrations_copy(tmp_path)
+    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE)
+    configure(cli, booking_db, directory, tmp_path)
+
+    status = cli("migrate status -e t -o json")
+    assert status.exit_code == 0, status.output
+    assert status.json()["counts"]["pending"] == 1
+
+    plan = cli("migrate plan -e t -o json")
+    assert plan.exit_code == 0, plan.output
+    body = plan.json()
+    assert body["backup_point"]["kind"] == "logical-backup"  # archive_mode is off in tests
+    (pending,) = body["pending"]
+    assert pending["version"] == "0005" and pending["transactional"]
+    (lock,) = pending["statements"][0]["locks"]
+    assert lock["table"] == "booking.tenants" and lock["mode"] == "ACCESS EXCLUSIVE"
+    assert cli("migrate up -e t --dry-run -o json").json()["dry_run"] is True
+    assert cli("migrate status -e t -o json").json()["counts"]["pending"] == 1
+
+    up = cli("migrate up -e t -o json")
+    assert up.exit_code == 0, up.output
+    result = up.json()
+    assert [m["version"] for m in result["migrations"]] == ["0005"]
+    point = result["backup_point"]
+    assert point["kind"] == "logical-backup"
+    assert point["restore_command"] == f"ptool-ops --env t backup restore {point['ref']} --in-place"
+    assert cli("backup list -e t -o json").exit_code == 0
+
+    assert cli("migrate verify -e t").exit_code == 0
+    refused = cli("migrate down -e t")
+    assert refused.exit_code == 7  # destructive: needs --yes without a terminal
+    down = cli("migrate down -e t --yes -o json")
+    assert down.exit_code == 0, down.output
+    assert [m["outcome"] for m in down.json()["migrations"]] == ["reverted"]
+
+    log = (cli.cwd / ".ptool" / "audit" / "t.jsonl").read_text().splitlines()
+    actions = [json.loads(line)["action"] for line in log]
+    assert actions.count("migrate.up") == 1 and actions.count("migrate.down") == 1
+
+
+def test_drift_repair_through_the_cli(cli: Cli, booking_db: TestDatabase, tmp_path: Path) -> None:
+    directory = migrations_copy(tmp_path)
+    configure(cli, booking_db, directory, tmp_path)
+    up = directory / "0003_bookings.up.sql"
+    up.write_text(up.read_text() + "\n-- a comment added later\n")
+    status = cli("migrate status -e t -o json")
+    assert status.exit_code == 1
+    assert [m["state"] for m in status.json()["migrations"]].count("drifted") == 1
+    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE)
+    refused = cli("migrate up -e t --no-backup-point")
+    assert refused.exit_code == 7 and "0003_bookings is drifted" in refused.output
+    repaired = cli("migrate repair 0003 --accept --reason 'comment only' -e t -o json")
+    assert repaired.exit_code == 0, repaired.output
+    assert repaired.json()["state"] == "applied"
+    assert cli("migrate up -e t --no-backup-point").exit_code == 0
+
+
+def test_new_scaffolds_the_next_version(cli: Cli, tmp_path: Path) -> None:
+    directory = migrations_copy(tmp_path)
+    made = cli(f"migrate new bookings_status_index --no-transaction --dir {directory} -o json")
+    assert made.exit_code == 0, made.output
+    names = sorted(Path(p).name for p in made.json()["created"])
+    assert names == [
+        "0005_bookings_status_index.down.sql",
+        "0005_bookings_status_index.up.sql",
+        "0005_bookings_status_index.verify.sql",
+    ]
+    assert "-- ptool: no-transaction" in (directory / names[1]).read_text()
+    assert cli(f"migrate new Bad-Name --dir {directory}").exit_code == 3
+    assert cli(f"migrate lint {directory}").exit_code == 0
+
+
+def test_migrate_test_proves_reversibility(
+    cli: Cli, booking_db: TestDatabase, tmp_path: Path
+) -> None:
+    directory = migrations_copy(tmp_path)
+    add_migration(
+        directory,
+        "0005",
+        "status_index",
+        "-- ptool: no-transaction\n"
+        "CREATE INDEX CONCURRENTLY bookings_status_idx ON booking.bookings (status);\n",
+        "-- ptool: no-transaction\nDROP INDEX CONCURRENTLY booking.bookings_status_idx;\n",
+    )
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
+    configure(cli, booking_db, directory, tmp_path)
+    tested = cli("migrate test -e t -o json")
+    assert tested.exit_code == 0, tested.output
+    report = tested.json()
+    assert [m["version"] for m in report["migrations"]] == ["0005", "0006"]
+    assert all(m["ok"] for m in report["migrations"])
+    assert {"indexes", "relations"} <= set(report["migrations"][0]["changed"])
+    # the real database is untouched, the scratch database is gone
+    assert cli("migrate status -e t -o json").json()["counts"]["pending"] == 2
+    with booking_db.connect() as conn:
+        left = conn.execute(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE '%ptool_mtest%'"
+        ).fetchone()
+        assert left == (0,)
+
+    (directory / "0006_tenant_note.down.sql").write_text("SELECT 1;\n")  # forgets the column
+    broken = cli("migrate test -e t --source dump -o json")
+    assert broken.exit_code == 1, broken.output
+    report = broken.json()
+    assert report["source"] == "dump"
+    bad = report["migrations"][-1]
+    assert not bad["reversible"] and "columns" in bad["diff"]
+    assert bad["diff"]["columns"]["added"][0][:3] == ["booking", "tenants", "note"]
+
+
+def test_unrecoverable_failure_prints_the_way_back(
+    cli: Cli, booking_db: TestDatabase, tmp_path: Path
+) -> None:
+    directory = migrations_copy(tmp_path)
+    add_migration(
+        directory,
+        "0005",
+        "half_done",
+        "-- ptool: no-transaction\n"
+        "ALTER TABLE booking.tenants ADD COLUMN note text;\n"
+        "CREATE UNIQUE INDEX CONCURRENTLY tenants_name_key ON booking.tenants (name);\n",
+        "-- ptool: no-transaction\nSELECT 1;\n",
+    )
+    with booking_db.connect() as conn:
+        conn.execute(
+            "INSERT INTO booking.tenants (slug, name) VALUES ('alpha', 'Same'), ('beta', 'Same')"
+        )
+    configure(cli, booking_db, directory, tmp_path)
+    failed = cli("migrate up -e t")
+    assert failed.exit_code == 9, failed.output
+    assert "ptool-ops --env t backup restore" in failed.output
+    with booking_db.connect() as conn:
+        assert invalid_indexes(conn) == []
