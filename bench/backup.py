@@ -1,8 +1,8 @@
 """Backup and restore speed and memory of ``ptool-ops backup``, beside plain PostgreSQL tools.
 
-Run (the issue's size, >= 1 GB; about 4.5 M bookings):
+Run (the issue's size, >= 1 GB: 1.1 M bookings and 2 M events make 1005 MiB = 1.05 GB):
 
-    .venv/bin/python bench/backup.py --bookings 4500000
+    .venv/bin/python bench/backup.py --bookings 1100000 --tenants 60 --repeat 3
 
 or smaller for a quick look (``--bookings 300000``). The script starts a scratch embedded
 PostgreSQL in a temporary directory, seeds it with the booking seed function, then runs,
@@ -18,7 +18,11 @@ and prints wall times, throughput ratios (ours / baseline; targets >= 0.9) and t
 of each ptool-ops process (target < 200 MB whatever the database size). ``--jobs 1`` and
 ``--jobs 2`` give the serial and parallel ratios (there is no ``-Fd`` directory format: big
 tables are dumped and restored as parallel streams instead, see docs/backup-repository.md).
-The machine is shared: run it twice and compare, single runs vary by +-30 %.
+The machine is shared and single runs vary by +-30 %: ``--repeat 3`` runs every backup and
+restore three times, baseline and ours interleaved (each restored copy is dropped right after
+its run, so autovacuum on it cannot slow down the next), and prints medians with min-max.
+``ptool-ops backup restore`` overlaps its steps (per-table index builds while other tables
+load, validation as soon as its tables are in): its printed step times overlap.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import base64
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,6 +106,13 @@ def main() -> None:
     parser.add_argument("--no-restore", action="store_true", help="skip the restore runs")
     parser.add_argument("--encrypt", action="store_true", help="encrypt our backups")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each backup and restore (baseline and ours, interleaved) this many times; "
+        "ratios are of the medians, with the spread (min-max) of each side",
+    )
     args = parser.parse_args()
 
     from ptool_ops import pg
@@ -141,23 +153,33 @@ def main() -> None:
         if args.encrypt:
             child_env["PTOOL_BACKUP_KEY"] = base64.b64encode(os.urandom(32)).decode()
         tool_env = {**tool_env}
-        runs: dict[str, Run] = {}
+        runs: dict[str, list[Run]] = {}
+
+        def record(label: str, result: Run) -> Run:
+            runs.setdefault(label, []).append(result)
+            return result
 
         base_file = work / "baseline.dump.zst"
         if zstd is None:
             raise SystemExit("the baseline needs the zstd command on PATH")
-        runs["dump-base"], _ = run(
-            "baseline pg_dump -Fc -Z0 | zstd",
-            f"'{pg_dump.path}' -Fc -Z0 -d '{conninfo}' | '{zstd}' -{args.level} -q -o "
-            f"'{base_file}'",
-            env=tool_env,
-            cwd=work,
-        )
-        print(
-            f"  baseline backup: {runs['dump-base'].seconds:.1f} s, "
-            f"{base_file.stat().st_size / 2**20:.0f} MiB",
-            flush=True,
-        )
+
+        def dump_base() -> None:
+            base_file.unlink(missing_ok=True)
+            done = record(
+                "dump-base",
+                run(
+                    "baseline pg_dump -Fc -Z0 | zstd",
+                    f"'{pg_dump.path}' -Fc -Z0 -d '{conninfo}' | '{zstd}' -{args.level} -q -o "
+                    f"'{base_file}'",
+                    env=tool_env,
+                    cwd=work,
+                )[0],
+            )
+            print(
+                f"  baseline backup: {done.seconds:.1f} s, "
+                f"{base_file.stat().st_size / 2**20:.0f} MiB",
+                flush=True,
+            )
 
         ptool = str(Path(sys.executable).with_name("ptool-ops"))
         config = [
@@ -197,7 +219,7 @@ def main() -> None:
         def create(environment: str, label: str, *extra: str) -> str:
             import json
 
-            runs[label], out = run(
+            done, out = run(
                 label,
                 [
                     ptool,
@@ -214,19 +236,23 @@ def main() -> None:
                 env=child_env,
                 cwd=work,
             )
+            record(label, done)
             data = json.loads(out)
             print(
-                f"  {label}: {runs[label].seconds:.1f} s, "
+                f"  {label}: {done.seconds:.1f} s, "
                 f"{data['stored_bytes'] / 2**20:.0f} MiB stored,"
-                f" peak RSS {runs[label].peak_rss_mb:.0f} MB",
+                f" peak RSS {done.peak_rss_mb:.0f} MB",
                 flush=True,
             )
             return str(data["id"])
 
-        backup_id = create("bench", "ours-file")
-        create("bench", "ours-file-nocount", "--no-row-counts")
-        if not args.no_s3:
-            create("bench-s3", "ours-s3")
+        backup_id = ""
+        for _ in range(args.repeat):
+            dump_base()
+            backup_id = create("bench", "ours-file")
+            create("bench", "ours-file-nocount", "--no-row-counts")
+            if not args.no_s3:
+                create("bench-s3", "ours-s3")
 
         if not args.no_restore:
             plain = work / "plain.dump"
@@ -235,77 +261,117 @@ def main() -> None:
                 env=tool_env,
                 check=True,
             )
-            with pg.connect(url) as conn:
-                conn.execute("CREATE DATABASE bench_base")
             base_conninfo, _ = pg.tool_invocation(env.database_url("bench_base"))
-            runs["restore-base"], _ = run(
-                f"baseline pg_restore -j {args.jobs}",
-                [str(pg_restore.path), "-j", str(args.jobs), "-d", base_conninfo, str(plain)],
-                env=tool_env,
-                cwd=work,
-            )
-            print(f"  baseline restore: {runs['restore-base'].seconds:.1f} s", flush=True)
-            runs["restore-ours"], restored = run(
-                "ours restore",
-                [
-                    ptool,
-                    "--env",
-                    "bench",
-                    "backup",
-                    "restore",
-                    backup_id,
-                    "--target-db",
-                    "bench_ours",
-                    "-j",
-                    str(args.jobs),
-                    "-o",
-                    "json",
-                ],
-                env=child_env,
-                cwd=work,
-            )
-            import json
 
-            steps = ", ".join(
-                f"{st['name']} {st['elapsed_s']:.1f} s" for st in json.loads(restored)["steps"]
-            )
-            print(f"  ours restore steps: {steps}")
-            print(
-                f"  ours restore: {runs['restore-ours'].seconds:.1f} s, peak RSS "
-                f"{runs['restore-ours'].peak_rss_mb:.0f} MB",
-                flush=True,
-            )
+            def drop(name: str) -> None:
+                # right after each run: autovacuum on a just-restored copy (insert-triggered
+                # vacuum and analyze of ~1 GB) would otherwise slow down the next run
+                with pg.connect(url) as conn:
+                    conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+            for _ in range(args.repeat):  # interleaved: the machine's load hits both sides
+                drop("bench_base")
+                drop("bench_ours")
+                with pg.connect(url) as conn:
+                    conn.execute("CREATE DATABASE bench_base")
+                done = record(
+                    "restore-base",
+                    run(
+                        f"baseline pg_restore -j {args.jobs}",
+                        [
+                            str(pg_restore.path),
+                            "-j",
+                            str(args.jobs),
+                            "-d",
+                            base_conninfo,
+                            str(plain),
+                        ],
+                        env=tool_env,
+                        cwd=work,
+                    )[0],
+                )
+                print(f"  baseline restore: {done.seconds:.1f} s", flush=True)
+                drop("bench_base")
+                done, restored = run(
+                    "ours restore",
+                    [
+                        ptool,
+                        "--env",
+                        "bench",
+                        "backup",
+                        "restore",
+                        backup_id,
+                        "--target-db",
+                        "bench_ours",
+                        "-j",
+                        str(args.jobs),
+                        "-o",
+                        "json",
+                    ],
+                    env=child_env,
+                    cwd=work,
+                )
+                record("restore-ours", done)
+                drop("bench_ours")
+                import json
+
+                steps = ", ".join(
+                    f"{st['name']} {st['elapsed_s']:.1f} s" for st in json.loads(restored)["steps"]
+                )
+                print(f"  ours restore steps (overlapping): {steps}")
+                print(
+                    f"  ours restore: {done.seconds:.1f} s, peak RSS {done.peak_rss_mb:.0f} MB",
+                    flush=True,
+                )
 
         print()
         print(
             f"database {size / 2**20:.0f} MiB, {args.bookings} bookings, zstd -{args.level}, "
             f"{os.cpu_count()} CPUs, encryption {'on' if args.encrypt else 'off'}"
         )
-        base = runs["dump-base"].seconds
+
+        def median(label: str) -> float:
+            return statistics.median(r.seconds for r in runs[label])
+
+        def spread(label: str) -> str:
+            times = [r.seconds for r in runs[label]]
+            if len(times) == 1:
+                return f"{times[0]:.1f} s"
+            return (
+                f"median {median(label):.1f} s ({min(times):.1f}-{max(times):.1f}, n={len(times)})"
+            )
+
+        def peak(label: str) -> float:
+            return max(r.peak_rss_mb for r in runs[label])
+
+        def tree(label: str) -> float:
+            return max(r.tree_rss_mb for r in runs[label])
+
+        base = median("dump-base")
+        print(f"backup  baseline pg_dump | zstd   {spread('dump-base')}")
         for label in ("ours-file", "ours-file-nocount", "ours-s3"):
             if label in runs:
-                r = runs[label]
-                ratio = base / r.seconds
+                ratio = base / median(label)
                 print(
-                    f"backup  {label:18} {r.seconds:7.1f} s  ratio {ratio:4.2f} "
+                    f"backup  {label:18} {spread(label)}  ratio {ratio:4.2f} "
                     f"({'ok' if ratio >= TARGET_RATIO else 'BELOW'} {TARGET_RATIO})  "
-                    f"{size / 2**20 / r.seconds:6.1f} MiB/s  peak RSS {r.peak_rss_mb:5.0f} MB "
-                    f"({'ok' if r.peak_rss_mb < TARGET_RSS_MB else 'OVER'} {TARGET_RSS_MB}; "
-                    f"biggest process in its tree {r.tree_rss_mb:.0f} MB)"
+                    f"{size / 2**20 / median(label):6.1f} MiB/s  peak RSS {peak(label):5.0f} MB "
+                    f"({'ok' if peak(label) < TARGET_RSS_MB else 'OVER'} {TARGET_RSS_MB}; "
+                    f"biggest process in its tree {tree(label):.0f} MB)"
                 )
         if "restore-ours" in runs:
-            r = runs["restore-ours"]
-            ratio = runs["restore-base"].seconds / r.seconds
+            ratio = median("restore-base") / median("restore-ours")
+            print(f"restore baseline pg_restore -j {args.jobs}  {spread('restore-base')}")
             print(
-                f"restore ours -j {args.jobs}         {r.seconds:7.1f} s  ratio {ratio:4.2f} "
+                f"restore ours -j {args.jobs}         {spread('restore-ours')}  ratio {ratio:4.2f} "
                 f"({'ok' if ratio >= TARGET_RATIO else 'BELOW'} {TARGET_RATIO})  peak RSS "
-                f"{r.peak_rss_mb:5.0f} MB (tree {r.tree_rss_mb:.0f} MB)  "
-                f"(baseline {runs['restore-base'].seconds:.1f} s, tree "
-                f"{runs['restore-base'].tree_rss_mb:.0f} MB)"
+                f"{peak('restore-ours'):5.0f} MB (tree {tree('restore-ours'):.0f} MB; baseline "
+                f"tree {tree('restore-base'):.0f} MB)"
             )
         print(
             f"streams: --jobs {args.jobs} for create (big tables in their own streams) and "
-            "restore (parallel table loads, pg_restore -j for indexes); no -Fd directory format"
+            "restore (parallel table loads, per-table index builds as rows arrive); no -Fd "
+            "directory format"
         )
     finally:
         if moto is not None:

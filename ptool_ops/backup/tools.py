@@ -119,3 +119,15 @@ def restore(
         if proc.stdin is not None and not proc.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
+
+
+def describe(tool: pg.Tool, args: list[str]) -> str:
+    """``pg_restore`` without a database (``-l`` or ``-f -`` of a small archive): its
+    stdout as text."""
+    out = subprocess.run(
+        [str(tool.path), *args], stdin=subprocess.DEVNULL, capture_output=True, check=False
+    )
+    if out.returncode != 0:
+        lines = out.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+        raise _failure("pg_restore", lines[-1].split("error: ", 1)[-1].rstrip("."))
+    return out.stdout.decode(errors="replace")

@@ -16,7 +16,6 @@ from ptool_ops.backup.restore import (
     offset_progress,
     plan,
     restore_into,
-    validate,
 )
 from ptool_ops.repo.errors import CorruptObject
 from ptool_ops.settings import EnvironmentSettings
@@ -66,7 +65,7 @@ def verify(
             url = database_url(settings)
             scratch = default_target(manifest, "verify")
             steps = plan(manifest, scratch, in_place=False, jobs=jobs, current_db="")
-            restore_into(
+            invariants, mismatches = restore_into(
                 repo,
                 manifest,
                 url,
@@ -76,11 +75,7 @@ def verify(
                 pg_bin_dir=settings.pg_bin_dir,
                 progress=report,
             )
-            try:
-                report("validating", 0, 0)
-                invariants, mismatches = validate(url, scratch, manifest, jobs)
-            finally:
-                drop_database(url, scratch)
+            drop_database(url, scratch)
             result.restore = {
                 "scratch_database": scratch,
                 "invariants": invariants,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 import pytest
 
@@ -61,7 +63,35 @@ def test_big_tables_in_their_own_objects_restore_in_parallel(file_env: Env) -> N
     target = f"{file_env.db.name}_split"
     result = backup.restore(settings, created.id, target_db=target, jobs=3)
     assert result.ok and result.row_counts_match
+    assert [s.status for s in result.steps] == ["done"] * len(result.steps)
+    with file_env.db.connect() as conn:
+        schema = _post_data(conn)
     with psycopg.connect(file_env.db.server.database_url(target), autocommit=True) as conn:
         assert table_checksums(conn) == before
+        # every index, constraint, trigger and policy, each built on its own as soon as
+        # its table's rows were in, or with the rest at the end
+        assert _post_data(conn) == schema
     verified = backup.verify(settings, created.id)
     assert verified.ok and len(verified.objects) == len(manifest.objects)
+
+
+def _post_data(conn: Any) -> dict[str, list[str]]:
+    """The definitions of the post-data objects (indexes, constraints, triggers, policies,
+    row security) of the non-system schemas."""
+    queries = {
+        "indexes": "SELECT indexdef FROM pg_indexes "
+        "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+        "constraints": "SELECT conrelid::regclass || ' ' || conname || ' ' || "
+        "pg_get_constraintdef(oid) || ' ' || convalidated FROM pg_constraint "
+        "WHERE connamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema')",
+        "triggers": "SELECT pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal",
+        "policies": "SELECT tablename || ' ' || policyname || ' ' || qual FROM pg_policies",
+        "rls": "SELECT relname FROM pg_class WHERE relrowsecurity "
+        "AND relnamespace::regnamespace::text NOT IN ('pg_catalog', 'information_schema')",
+        "invalid": "SELECT indexrelid::regclass::text FROM pg_index "
+        "WHERE NOT indisvalid OR NOT indisready",
+    }
+    return {
+        name: sorted(str(row[0]) for row in conn.execute(query).fetchall())
+        for name, query in queries.items()
+    }
