@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_IN_FLIGHT = 64
 
 
 @dataclass
@@ -73,13 +74,24 @@ async def _run(
 ) -> LoadResult:
     total = int(rate * duration_s)
     result = LoadResult(sent=0, elapsed_s=0.0)
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    limits = httpx.Limits(
+        max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT
+    )
     headers = {"Authorization": f"Bearer {target.tenant_token}"}
     base_start = datetime(2040, 1, 1, tzinfo=UTC)
     async with httpx.AsyncClient(base_url=target.base_url, timeout=10, limits=limits) as http:
 
-        async def one(n: int) -> None:
-            began = time.perf_counter()
+        # at most as many requests in flight as connections: httpcore's own wait queue is
+        # quadratic in its length and collapses a client that falls behind
+        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+        async def one(n: int, began: float) -> None:
+            async with slots:
+                await _send(n)
+            # from the scheduled time, so waiting for a slot counts (no coordinated omission)
+            result.latencies_ms.append((time.perf_counter() - began) * 1000)
+
+        async def _send(n: int) -> None:
             try:
                 if ready_every and n % ready_every == 0:
                     response = await http.get("/health/ready")
@@ -109,7 +121,6 @@ async def _run(
                     result.failures.append(f"{response.status_code} {response.text[:200]}")
             except httpx.HTTPError as err:
                 result.failures.append(repr(err))
-            result.latencies_ms.append((time.perf_counter() - began) * 1000)
 
         tasks = []
         start = time.monotonic()
@@ -122,7 +133,9 @@ async def _run(
                 await asyncio.sleep(delay)
             if n in actions:
                 await asyncio.to_thread(actions[n])
-            tasks.append(asyncio.create_task(one(n)))
+            lag = min(0.0, start + n / rate - time.monotonic())  # negative when behind
+            scheduled = time.perf_counter() + lag
+            tasks.append(asyncio.create_task(one(n, scheduled)))
             result.sent += 1
         await asyncio.gather(*tasks)
         result.elapsed_s = time.monotonic() - start

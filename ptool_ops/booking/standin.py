@@ -162,8 +162,11 @@ class Database:
 
     @asynccontextmanager
     async def tenant(self, tenant_id: uuid.UUID) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A transaction in which row-level security sees only ``tenant_id``."""
-        async with self.connection() as conn, conn.transaction():
+        """A transaction in which row-level security sees only ``tenant_id``.
+
+        Pipeline mode sends BEGIN, the setting and the first query in one round trip.
+        """
+        async with self.connection() as conn, conn.pipeline(), conn.transaction():
             await conn.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
             yield conn
 
