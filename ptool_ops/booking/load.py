@@ -74,13 +74,10 @@ async def _run(
 ) -> LoadResult:
     total = int(rate * duration_s)
     result = LoadResult(sent=0, elapsed_s=0.0)
-    limits = httpx.Limits(
-        max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT
-    )
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
     headers = {"Authorization": f"Bearer {target.tenant_token}"}
     base_start = datetime(2040, 1, 1, tzinfo=UTC)
     async with httpx.AsyncClient(base_url=target.base_url, timeout=10, limits=limits) as http:
-
         # at most as many requests in flight as connections: httpcore's own wait queue is
         # quadratic in its length and collapses a client that falls behind
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
