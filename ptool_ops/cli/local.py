@@ -190,6 +190,10 @@ def seed(
         )
 
     def render(out: Console) -> None:
-        out.print(f"[green]✓[/green] seeded {result}")
+        out.print(
+            f"[green]✓[/green] seeded {result.tenants} tenants, {result.artists} artists, "
+            f"{result.projects} projects, {result.bookings} bookings, {result.events} events "
+            f"in {result.elapsed_s:.1f} s"
+        )
 
     app_ctx.output.result(result, render)

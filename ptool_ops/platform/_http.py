@@ -21,7 +21,8 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
 from tenacity import (
@@ -172,3 +173,23 @@ def raise_for_status(response: httpx.Response, *, service: str, what: str) -> No
             hint="The service is overloaded or failing; try again in a few minutes.",
         )
     raise OperationFailed(f"{service} rejected the request to {what} (HTTP {status}){said}.")
+
+
+class HttpClient:
+    """The lifecycle every platform client shares: one httpx.Client, closed once."""
+
+    _http: httpx.Client
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -25,14 +25,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ptool_ops.errors import ConfigError, OperationFailed
-from ptool_ops.platform._http import Backoff, NotFound, send, tls_context
+from ptool_ops.platform._http import Backoff, HttpClient, NotFound, send, tls_context
 
 if TYPE_CHECKING:
     from ptool_ops.settings import EnvironmentSettings
@@ -162,7 +161,7 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-class NeonClient:
+class NeonClient(HttpClient):
     """Neon API v2 over one ``httpx.Client``. Use as a context manager, or call ``close()``."""
 
     def __init__(
@@ -204,20 +203,6 @@ class NeonClient:
                 hint="Set neon_api_key in ptool-ops.toml (better: PTOOL_NEON_API_KEY).",
             )
         return cls(settings.neon_api_key, base_url=settings.neon_api_url, **kwargs)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- plumbing -------------------------------------------------------------------------
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ptool_ops.errors import ConfigError, OperationFailed
-from ptool_ops.platform._http import Backoff, NotFound, send, tls_context
+from ptool_ops.platform._http import Backoff, HttpClient, NotFound, send, tls_context
 
 if TYPE_CHECKING:
     from ptool_ops.settings import EnvironmentSettings
@@ -106,7 +105,7 @@ def _project(data: Mapping[str, Any]) -> RailwayProject:
     )
 
 
-class RailwayClient:
+class RailwayClient(HttpClient):
     """Railway GraphQL over one ``httpx.Client``; use as a context manager or ``close()``.
 
     ``auth="project"`` sends a project token (``Project-Access-Token``), which is
@@ -150,20 +149,6 @@ class RailwayClient:
                 hint="Set PTOOL_RAILWAY_TOKEN (or railway_token in ptool-ops.toml).",
             )
         return cls(settings.railway_token, **kwargs)
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def execute(self, document: str, variables: Mapping[str, Any], *, what: str) -> dict[str, Any]:
         """Run one GraphQL document; return ``data`` or raise a ``PtoolError``."""
