@@ -154,15 +154,18 @@ class Tool:
     name: str
     path: Path
     major: int
-    tls: bool
+    tls: bool | None  # None: not asked, the target does not need TLS
     source: str  # "configured", "PATH", "system", "bundled"
+    version: str = ""  # what ``--version`` printed, e.g. "pg_dump (PostgreSQL) 18.1"
 
     def describe(self) -> str:
-        return f"{self.path} (PostgreSQL {self.major}, {'with' if self.tls else 'without'} TLS)"
+        tls = "" if self.tls is None else f", {'with' if self.tls else 'without'} TLS"
+        return f"{self.path} (PostgreSQL {self.major}{tls})"
 
 
 @functools.cache
-def _probe(path: Path) -> tuple[int, bool] | None:
+def _probe(path: Path) -> tuple[int, str] | None:
+    """The major version and ``--version`` line of a PostgreSQL tool; None if it won't run."""
     try:
         out = subprocess.run(
             [str(path), "--version"], capture_output=True, text=True, timeout=10, check=True
@@ -172,9 +175,10 @@ def _probe(path: Path) -> tuple[int, bool] | None:
     match = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
     if not match:
         return None
-    return int(match.group(1)), _has_tls(path)
+    return int(match.group(1)), out.strip()
 
 
+@functools.cache
 def _has_tls(path: Path) -> bool:
     """Ask libpq itself: a build without TLS rejects ``sslmode=require`` before connecting.
 
@@ -231,20 +235,27 @@ def find_tool(
     Suitable means major version >= the server's (pg_dump refuses older servers' successors)
     and, when the target is remote, built with TLS.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     rejected: list[str] = []
-    for path, source in _candidates(name, pg_bin_dir):
-        probed = _probe(path)
+    candidates = _candidates(name, pg_bin_dir)
+    # each probe is a process (Debian's pg_wrapper is a Perl script): run them side by side
+    with ThreadPoolExecutor(max(len(candidates), 1), thread_name_prefix="probe") as pool:
+        probes = list(pool.map(_probe, [path for path, _ in candidates]))
+    for (path, source), probed in zip(candidates, probes, strict=True):
         if probed is None:
             rejected.append(f"{path} (does not run)")
             continue
-        major, tls = probed
+        major, version = probed
         if server_major is not None and major < server_major:
             rejected.append(f"{path} (PostgreSQL {major}, older than the server's {server_major})")
             continue
+        # the TLS probe runs two more processes: only when the target needs it
+        tls = _has_tls(path) if need_tls else None
         if need_tls and not tls:
             rejected.append(f"{path} (PostgreSQL {major}, built without TLS)")
             continue
-        return Tool(name, path, major, tls, source)
+        return Tool(name, path, major, tls, source, version)
     want = f"PostgreSQL {server_major} or newer" if server_major else "any PostgreSQL version"
     tls_note = " with TLS support" if need_tls else ""
     tried = "; ".join(rejected) if rejected else "none found"
