@@ -99,6 +99,11 @@ class EnvironmentSettings(BaseSettings):
     repo_part_size_mb: int = Field(
         default=8, ge=5, le=5120, description="S3 multipart part size in MiB (every part equal)."
     )
+    repo_s3_checksum: Literal["crc32", "off"] = Field(
+        default="crc32",
+        description="CRC32 that S3 checks on every part and keeps with the object; 'off' for "
+        "S3-compatible stores that reject flexible checksums.",
+    )
     backup_keep_last: int = Field(default=7, ge=0, description="prune: keep the newest N.")
     backup_keep_daily: int = Field(
         default=7, ge=0, description="prune: keep the newest backup of each of N days."

@@ -40,6 +40,7 @@ def for_settings(settings: EnvironmentSettings) -> Repository:
     storage = open_storage(
         repo_url(settings),
         part_size=settings.repo_part_size_mb * 1024 * 1024,
+        checksum=settings.repo_s3_checksum == "crc32",
         region=settings.aws_region,
         endpoint_url=settings.aws_endpoint_url,
     )

@@ -11,7 +11,7 @@ import builtins
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -98,7 +98,9 @@ class FileStorage(Storage):
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
-    def open_writer(self, key: str) -> Writer:
+    def open_writer(self, key: str, before_store: Callable[[], None] | None = None) -> Writer:
+        if before_store is not None:
+            before_store()  # a temp file in the repository is already a mark in the store
         try:
             return FileWriter(self._path(key))
         except OSError as err:

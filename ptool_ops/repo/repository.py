@@ -103,9 +103,11 @@ class Repository:
         *,
         progress: Progress | None = None,
         encrypt: bool = True,
+        before_store: Callable[[], None] | None = None,
     ) -> ObjectEntry:
         """Store ``chunks`` compressed (and encrypted when a key is set); the upload is
-        aborted if anything fails, so a failed write leaves no object."""
+        aborted if anything fails, so a failed write leaves no object. ``before_store``
+        runs before the store is first touched (see :meth:`Storage.open_writer`)."""
         import zstandard
 
         compressor = zstandard.ZstdCompressor(level=self.compression_level).compressobj()
@@ -136,7 +138,7 @@ class Repository:
                 counts[1] += len(tail)
                 yield tail
 
-        self.storage.put_stream(key, pipeline())
+        self.storage.put_stream(key, pipeline(), before_store=before_store)
         if progress is not None:
             progress(counts[0], counts[1])
         encryption = None

@@ -8,7 +8,12 @@ its own for big streams), memory is bounded by ``(MAX_IN_FLIGHT + 1) * part_size
 part being filled, at most two uploading on a background thread), and we hold the
 ``UploadId`` so a failure aborts it and ``prune`` can find what a killed process left.
 An object smaller than one part is one ``PutObject``. Server-side encryption (``AES256``)
-is requested on every write.
+is requested on every write, and so is a CRC32 checksum (``repo_s3_checksum``): S3 checks
+each part against it on arrival, refuses a part damaged on the way, and keeps the
+composite with the object. On a plain-HTTP endpoint botocore also signs each body's
+SHA-256. Stores that reject flexible checksums get ``repo_s3_checksum = "off"``: nothing
+but what S3 requires is sent. Either way the manifest's SHA-256 covers every object end
+to end.
 
 Transient failures (connection errors, throttling, 5xx) of single calls are retried with
 tenacity (exponential backoff); botocore's own retries are off so the two do not multiply.
@@ -98,6 +103,7 @@ class S3Storage(Storage):
         prefix: str,
         *,
         part_size: int,
+        checksum: bool = True,
         region: str | None = None,
         endpoint_url: str | None = None,
     ) -> None:
@@ -108,6 +114,8 @@ class S3Storage(Storage):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.part_size = part_size
+        #: extra arguments of every upload: the checksum S3 verifies on arrival
+        self.checksum_args: dict[str, Any] = {"ChecksumAlgorithm": "CRC32"} if checksum else {}
         self.region = region
         self.endpoint_url = endpoint_url
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -120,6 +128,7 @@ class S3Storage(Storage):
         url: str,
         *,
         part_size: int,
+        checksum: bool = True,
         region: str | None = None,
         endpoint_url: str | None = None,
     ) -> S3Storage:
@@ -132,6 +141,7 @@ class S3Storage(Storage):
             parts.netloc,
             parts.path,
             part_size=part_size,
+            checksum=checksum,
             region=region,
             endpoint_url=endpoint_url,
         )
@@ -145,6 +155,10 @@ class S3Storage(Storage):
                 import boto3
                 from botocore.config import Config
 
+                # off: no flexible checksum unless the operation requires one
+                checksums: Literal["when_supported", "when_required"] = (
+                    "when_supported" if self.checksum_args else "when_required"
+                )
                 self._client = boto3.client(
                     "s3",
                     region_name=self.region or os.environ.get("AWS_REGION") or "us-east-1",
@@ -154,6 +168,8 @@ class S3Storage(Storage):
                         connect_timeout=5,
                         read_timeout=60,
                         max_pool_connections=MAX_IN_FLIGHT + 4,
+                        request_checksum_calculation=checksums,
+                        response_checksum_validation=checksums,
                     ),
                 )
             return self._client
@@ -190,8 +206,8 @@ class S3Storage(Storage):
 
     # --- primitives ------------------------------------------------------------------------
 
-    def open_writer(self, key: str) -> Writer:
-        return S3Writer(self, self._key(key))
+    def open_writer(self, key: str, before_store: Callable[[], None] | None = None) -> Writer:
+        return S3Writer(self, self._key(key), before_store)
 
     def get_stream(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -275,29 +291,50 @@ class S3Storage(Storage):
 class S3Writer(Writer):
     """Fills one part at a time; small objects become one PutObject at commit."""
 
-    def __init__(self, storage: S3Storage, full_key: str) -> None:
+    def __init__(
+        self, storage: S3Storage, full_key: str, before_store: Callable[[], None] | None = None
+    ) -> None:
         self._s3 = storage
         self._key = full_key
-        self._buffer = bytearray()
+        self._before_store = before_store  # run once, before the first request
+        self._chunks: list[bytes] = []  # what is not yet a part; joined once per part
+        self._buffered = 0
         self._upload_id: str | None = None
         self._parts: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._done = False
 
     def write(self, data: bytes) -> None:
-        self._buffer += data
+        self._chunks.append(data)
+        self._buffered += len(data)
         size = self._s3.part_size
-        while len(self._buffer) >= size:
-            part = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            self._submit(part)
+        if self._buffered < size:
+            return
+        pending = self._take()
+        start = 0
+        while len(pending) - start >= size:
+            self._submit(pending[start : start + size])
+            start += size
+        if start < len(pending):
+            self._chunks, self._buffered = [pending[start:]], len(pending) - start
+
+    def _take(self) -> bytes:
+        pending = b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        return pending
+
+    def _touch(self) -> None:
+        if self._before_store is not None:
+            before, self._before_store = self._before_store, None
+            before()
 
     def _start(self) -> str:
+        self._touch()
         s3 = self._s3
         response = s3.call(
             f"start an upload of {self._key}",
             lambda: s3.client.create_multipart_upload(
-                Bucket=s3.bucket, Key=self._key, ServerSideEncryption=SSE
+                Bucket=s3.bucket, Key=self._key, ServerSideEncryption=SSE, **s3.checksum_args
             ),
         )
         return response["UploadId"]
@@ -329,25 +366,38 @@ class S3Writer(Writer):
         response = s3.call(
             f"upload part {number} of {self._key}",
             lambda: s3.client.upload_part(
-                Bucket=s3.bucket, Key=self._key, UploadId=upload_id, PartNumber=number, Body=body
+                Bucket=s3.bucket,
+                Key=self._key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                **s3.checksum_args,
             ),
         )
-        return {"PartNumber": number, "ETag": response["ETag"]}
+        part = {"PartNumber": number, "ETag": response["ETag"]}
+        if s3.checksum_args:
+            part["ChecksumCRC32"] = response["ChecksumCRC32"]  # complete names each part's
+        return part
 
     def commit(self) -> None:
         s3 = self._s3
         try:
             if self._upload_id is None:
-                body = bytes(self._buffer)
+                self._touch()
+                body = self._take()
                 s3.call(
                     f"store {self._key}",
                     lambda: s3.client.put_object(
-                        Bucket=s3.bucket, Key=self._key, Body=body, ServerSideEncryption=SSE
+                        Bucket=s3.bucket,
+                        Key=self._key,
+                        Body=body,
+                        ServerSideEncryption=SSE,
+                        **s3.checksum_args,
                     ),
                 )
             else:
-                if self._buffer:
-                    self._submit(bytes(self._buffer))
+                if self._buffered:
+                    self._submit(self._take())
                 parts = [f.result() for f in self._parts]
                 upload_id = self._upload_id
                 s3.call(
@@ -362,7 +412,6 @@ class S3Writer(Writer):
         except BaseException:
             self.abort()
             raise
-        self._buffer = bytearray()
         self._done = True
         self._shutdown()
 
@@ -375,7 +424,7 @@ class S3Writer(Writer):
         if self._done:
             return
         self._done = True
-        self._buffer = bytearray()
+        self._chunks, self._buffered = [], 0
         self._shutdown()
         if self._upload_id is not None:
             s3 = self._s3

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,7 +60,9 @@ class Storage(abc.ABC):
     url: str
 
     @abc.abstractmethod
-    def open_writer(self, key: str) -> Writer: ...
+    def open_writer(self, key: str, before_store: Callable[[], None] | None = None) -> Writer:
+        """A writer of ``key``. ``before_store`` runs (and may raise) before the writer first
+        touches the store, so a caller can produce bytes while a precondition is checked."""
 
     @abc.abstractmethod
     def get_stream(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
@@ -85,9 +87,21 @@ class Storage(abc.ABC):
 
     # --- written once, on top of the primitives ---------------------------------------------
 
-    def put_stream(self, key: str, chunks: Iterable[bytes]) -> int:
+    def put_stream(
+        self,
+        key: str,
+        chunks: Iterable[bytes],
+        *,
+        before_store: Callable[[], None] | None = None,
+    ) -> int:
         """Write ``chunks`` as one object; on any failure the upload is aborted."""
-        writer = self.open_writer(key)
+        try:
+            writer = self.open_writer(key, before_store)
+        except BaseException:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+            raise
         size = 0
         try:
             for chunk in chunks:
@@ -122,6 +136,7 @@ def open_storage(
     url: str,
     *,
     part_size: int,
+    checksum: bool = True,
     region: str | None = None,
     endpoint_url: str | None = None,
 ) -> Storage:
@@ -134,7 +149,7 @@ def open_storage(
         from ptool_ops.repo.s3 import S3Storage
 
         return S3Storage.from_url(
-            url, part_size=part_size, region=region, endpoint_url=endpoint_url
+            url, part_size=part_size, checksum=checksum, region=region, endpoint_url=endpoint_url
         )
     raise ConfigError(
         f"repository URL {url!r} is neither s3://bucket/prefix nor file:///path.",

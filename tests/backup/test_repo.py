@@ -95,6 +95,36 @@ def test_s3_parts_are_equal_and_encrypted_at_rest(s3_storage: S3Storage) -> None
     assert small["ServerSideEncryption"] == "AES256"
 
 
+def test_s3_checks_a_crc32_of_every_part_unless_turned_off(
+    s3_storage: S3Storage, aws_env: str
+) -> None:
+    import base64
+    import zlib
+
+    client: Any = s3_storage.client
+
+    def stored_crc(storage: S3Storage, key: str) -> str | None:
+        head = client.head_object(
+            Bucket=storage.bucket, Key=f"{storage.prefix}/{key}", ChecksumMode="ENABLED"
+        )
+        return head.get("ChecksumCRC32")
+
+    s3_storage.put_stream("big", _chunks(11 * MiB))
+    s3_storage.put_bytes("small", b"tiny")
+    assert stored_crc(s3_storage, "big")  # the composite of the 3 checked parts' CRC32s
+    assert (
+        stored_crc(s3_storage, "small")
+        == base64.b64encode(zlib.crc32(b"tiny").to_bytes(4, "big")).decode()
+    )
+
+    off = S3Storage(
+        s3_storage.bucket, "off", part_size=5 * MiB, checksum=False, endpoint_url=aws_env
+    )
+    off.put_stream("big", _chunks(11 * MiB))
+    assert stored_crc(off, "big") is None
+    assert off.get_bytes("big") and off.list_partial("") == []
+
+
 def test_killed_upload_is_partial_until_aborted(storage: Storage) -> None:
     writer = storage.open_writer("x/killed")
     for chunk in _chunks(6 * MiB):
