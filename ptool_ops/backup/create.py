@@ -2,10 +2,12 @@
 
 The fixed sequence (each step named in errors):
 
-1. preflight — server facts, schema version, a pg_dump that fits (major ≥ server's, TLS for
-   remote targets), the repository marker;
-2. snapshot — a REPEATABLE READ transaction exports its snapshot and the start LSN, and
-   records per-table row estimates (and exact counts, on a thread, while the dump runs);
+1. preflight — server facts and a pg_dump that fits (major ≥ server's, TLS for remote
+   targets); the repository marker on a thread, which every object waits for before it
+   first touches the repository, so the dump need not wait for it;
+2. snapshot — on the same connection, a REPEATABLE READ transaction exports its snapshot,
+   the start LSN and the schema version, and records per-table row estimates (and exact
+   counts, on a thread, while the dump runs);
 3. post-data — ``pg_dump -Fc --section=post-data`` (indexes, constraints, policies: small),
    stored as its own object so restore can run it with ``pg_restore -j``; on a thread,
    beside step 4;
@@ -20,7 +22,6 @@ Both dumps use the exported snapshot, so together they are one consistent image.
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -59,11 +60,6 @@ WHERE c.relkind = 'r'
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
 ORDER BY 1, 2
 """
-
-
-def _tool_version(path: str) -> str:
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.strip()
 
 
 def _ptool_version() -> str:
@@ -154,22 +150,28 @@ def create(
         try:
             started = datetime.now(UTC)
             clock = time.monotonic()
-            with pg.connect(url) as conn:
-                facts = pg.server_facts(conn)
-                schema = schema_version(conn)
-            tool = pg.find_tool(
-                "pg_dump",
-                server_major=facts.major,
-                need_tls=pg.needs_tls(url),
-                pg_bin_dir=settings.pg_bin_dir,
-            )
-            repo.ensure_initialised()
-
-            step = "exporting the snapshot"
+            # the repository's preflight (an S3 client, the marker) runs on its own thread
+            # while the dump starts: every writer waits for it before it first touches the
+            # repository (``before_store``), so nothing is stored unless it passed
+            checker = ThreadPoolExecutor(1, thread_name_prefix="repo-preflight")
+            repo_ready = checker.submit(repo.ensure_initialised)
+            checker.shutdown(wait=False)
+            # one connection (a remote one costs a TLS handshake) serves the preflight and
+            # then holds the snapshot
             snap = pg.connect(url, autocommit=False)
             counter: threading.Thread | None = None
             counter_errors: list[BaseException] = []
             try:
+                facts = pg.server_facts(snap)
+                snap.rollback()
+                tool = pg.find_tool(
+                    "pg_dump",
+                    server_major=facts.major,
+                    need_tls=pg.needs_tls(url),
+                    pg_bin_dir=settings.pg_bin_dir,
+                )
+
+                step = "exporting the snapshot"
                 snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 snap.execute("SET LOCAL row_security = off")
                 row = snap.execute(
@@ -178,6 +180,7 @@ def create(
                 ).fetchone()
                 assert row is not None
                 snapshot, lsn = str(row[0]), row[1]
+                schema = schema_version(snap)  # the dump's own, read in its snapshot
                 tables = [
                     TableInfo(schema_name=s, name=n, row_estimate=int(r), bytes=int(b))
                     for s, n, r, b in snap.execute(_TABLES).fetchall()
@@ -187,6 +190,7 @@ def create(
 
                 step = "dumping"
                 big = [t for t in tables if t.bytes >= split_bytes] if jobs > 1 else []
+                big.sort(key=lambda t: -t.bytes)
                 streams: list[tuple[str, list[str], str | None]] = [
                     (
                         f"{prefix}/data.pgdump.zst",
@@ -205,8 +209,13 @@ def create(
                         [*snap_args, "--section=data", f"--table={_pattern(t)}"],
                         f"{t.schema_name}.{t.name}",
                     )
-                    for n, t in enumerate(sorted(big, key=lambda t: -t.bytes))
+                    for n, t in enumerate(big)
                 ]
+                # the biggest stream first (longest-processing-time order keeps the streams'
+                # ends close together); the manifest keeps the order of ``streams``
+                in_data = sum(t.bytes for t in tables) - sum(t.bytes for t in big)
+                sizes = [in_data, *(t.bytes for t in big)]
+                order = sorted(range(len(streams)), key=lambda i: -sizes[i])
                 if exact_counts:
                     counter = threading.Thread(
                         target=_count_rows, args=(snap, tables, counter_errors), daemon=True
@@ -221,6 +230,7 @@ def create(
                         key,
                         _stoppable(tools.dump(tool, url, args), stop),
                         progress=meter.track(key),
+                        before_store=repo_ready.result,
                     )
 
                 # post-data (small) on its own thread; the data streams ``jobs`` at a time
@@ -231,7 +241,8 @@ def create(
                     post_future = side.submit(
                         store, f"{prefix}/post-data.pgdump.zst", [*snap_args, "--section=post-data"]
                     )
-                    futures = [pool.submit(store, key, args) for key, args, _ in streams]
+                    submitted = {i: pool.submit(store, *streams[i][:2]) for i in order}
+                    futures = [submitted[i] for i in range(len(streams))]
                     try:
                         step = "dumping the data"
                         data_objects = [f.result() for f in futures]
@@ -239,6 +250,8 @@ def create(
                         post = post_future.result()
                     except BaseException:
                         stop.set()
+                        if repo_ready.done() and repo_ready.exception() is not None:
+                            step = "preflight"  # the repository refused: say so, not "dumping"
                         raise
                 table_objects = {key: table for (key, _, table) in streams if table is not None}
                 if counter is not None:
@@ -254,6 +267,7 @@ def create(
                 snap.close()
 
             step = "writing the manifest"
+            repo_ready.result()  # passed already: every object waited for it
             manifest = BackupManifest(
                 id=backup_id,
                 environment=settings.name,
@@ -264,7 +278,7 @@ def create(
                 database=facts.database,
                 server_version=facts.version,
                 server_version_num=facts.version_num,
-                pg_dump_version=_tool_version(str(tool.path)),
+                pg_dump_version=tool.version,
                 schema_version=schema,
                 start_lsn=lsn,
                 size_bytes=facts.size_bytes,

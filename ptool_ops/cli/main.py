@@ -177,4 +177,12 @@ def root(
 
 
 def main() -> None:
-    app()
+    """The console script. When the command is done the process ends: freezing the heap
+    spares the interpreter's last garbage collection from walking every object boto,
+    pydantic and psycopg loaded (about 0.15 s at exit after an S3 command)."""
+    try:
+        app()
+    finally:
+        import gc
+
+        gc.freeze()

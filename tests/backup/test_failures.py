@@ -145,3 +145,35 @@ def test_a_backup_that_breaks_an_invariant_fails_verify_restore(file_env: Env) -
     restored = file_env.run(f"backup restore {backup_id} --target-db {file_env.db.name}_bad")
     assert restored.exit_code == 1
     assert "fails validation" in restored.stdout
+
+
+def _dump_sessions(env: Env) -> int:
+    with env.db.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_a_missing_bucket_fails_the_preflight_and_stores_nothing(s3_env: Env) -> None:
+    # the dump starts while the repository is checked; nothing may reach the store
+    s3_env.configure(repo_url="s3://no-such-bucket-ptool/x")
+    result = s3_env.run("backup create")
+    assert result.exit_code == 3, result.output
+    assert "failed while preflight" in result.stderr
+    assert "NoSuchBucket" in result.stderr
+    assert _dump_sessions(s3_env) == 0
+
+
+def test_a_foreign_repository_is_refused_before_anything_is_written(
+    file_env: Env, tmp_path: Path
+) -> None:
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "ptool-repo.json").write_text('{"format": "someone-elses-tool"}\n')
+    file_env.configure(repo_url=f"file://{foreign}")
+    result = file_env.run("backup create")
+    assert result.exit_code == 3, result.output
+    assert "holds something other than a ptool-ops repository" in result.stderr
+    assert sorted(p.name for p in foreign.iterdir()) == ["ptool-repo.json"]
+    assert _dump_sessions(file_env) == 0

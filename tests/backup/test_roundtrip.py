@@ -29,6 +29,11 @@ def test_round_trip_restores_identical_data(backend: str, request: pytest.Fixtur
     shown = env.run(f"backup show {backup_id} -o json").json()
     assert shown["format_version"] == 1
     assert shown["database"] == env.db.name
+    with env.db.connect() as conn:
+        from ptool_ops.booking.schema import schema_version
+
+        assert shown["schema_version"] == schema_version(conn) is not None
+    assert shown["pg_dump_version"].startswith("pg_dump (PostgreSQL) 18")
     assert {t["name"]: t["rows"] for t in shown["tables"]}["bookings"] == 1500
     assert all(o["encryption"]["algorithm"] == "aes-256-gcm-chunked" for o in shown["objects"])
 
