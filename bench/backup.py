@@ -2,22 +2,26 @@
 
 Run (the issue's size, >= 1 GB: 1.1 M bookings and 2 M events make 1005 MiB = 1.05 GB):
 
-    .venv/bin/python bench/backup.py --bookings 1100000 --tenants 60 --repeat 3
+    .venv/bin/python bench/backup.py --bookings 1100000 --tenants 60 --jobs 1 2 --repeat 3
 
 or smaller for a quick look (``--bookings 300000``). The script starts a scratch embedded
-PostgreSQL in a temporary directory, seeds it with the booking seed function, then runs,
+PostgreSQL in a temporary directory, seeds it with the booking seed function (then
+``VACUUM (FREEZE, ANALYZE)``, so no run pays for hint bits or races autovacuum), then runs,
 side by side and each in its own process:
 
 * backup baseline: ``pg_dump -Fc -Z0 | zstd -3 -q > file``
-* ``ptool-ops backup create`` to ``file://`` and to a moto S3 server (in this process)
+* ``ptool-ops backup create`` to ``file://`` and to moto's S3 server (its own process on
+  the same 2 cores; its CPU during each run is printed beside ours)
 * restore baseline: ``pg_restore -j N`` of a seekable ``pg_dump -Fc -Z0`` file
 * ``ptool-ops backup restore ID --target-db ... -j N`` (checksum pass, streamed data,
   indexes with -j N, invariants and row counts)
 
-and prints wall times, throughput ratios (ours / baseline; targets >= 0.9) and the peak RSS
-of each ptool-ops process (target < 200 MB whatever the database size). ``--jobs 1`` and
-``--jobs 2`` give the serial and parallel ratios (there is no ``-Fd`` directory format: big
-tables are dumped and restored as parallel streams instead, see docs/backup-repository.md).
+and prints wall times, throughput ratios (ours / baseline; targets >= 0.9), the CPU of each
+run's process tree and the peak RSS of each ptool-ops process (target < 200 MB whatever the
+database size). ``--jobs 1 2`` runs (and prints) the serial and the parallel ratio of each
+(there is no ``-Fd`` directory format: big tables are dumped and restored as parallel
+streams instead, see docs/backup-repository.md; restores use the backup made with the
+highest ``--jobs``).
 The machine is shared and single runs vary by +-30 %: ``--repeat 3`` runs every backup and
 restore three times, baseline and ours interleaved (each restored copy is dropped right after
 its run, so autovacuum on it cannot slow down the next), and prints medians with min-max.
@@ -53,6 +57,8 @@ class Run:
     seconds: float
     peak_rss_mb: float  # the process itself, sampled every 20 ms (psutil)
     tree_rss_mb: float  # the biggest of the process and its children (wait4)
+    cpu_s: float  # user + system CPU of the process and its children (pg_dump, zstd; wait4)
+    side_cpu_s: float  # CPU of the moto S3 server process meanwhile (0 without one)
 
 
 def _sample_rss(pid: int, peak: list[float], done: threading.Event) -> None:
@@ -66,11 +72,29 @@ def _sample_rss(pid: int, peak: list[float], done: threading.Event) -> None:
         pass
 
 
-def run(label: str, argv: list[str] | str, *, env: dict[str, str], cwd: Path) -> tuple[Run, str]:
+def _cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def run(
+    label: str,
+    argv: list[str] | str,
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    side: int | None = None,
+) -> tuple[Run, str]:
     """Run a command (a list, or a shell pipeline): wall time, peak RSS (of the process and
-    its descendants, from wait4) and stdout. Output goes to files, so no pipe can fill."""
+    its descendants, from wait4), CPU (its own tree's and the ``side`` process's) and stdout.
+    Output goes to files, so no pipe can fill."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
+        side_before = _cpu(side)
         proc = subprocess.Popen(
             argv, cwd=cwd, env=env, shell=isinstance(argv, str), stdout=out, stderr=err
         )
@@ -80,6 +104,7 @@ def run(label: str, argv: list[str] | str, *, env: dict[str, str], cwd: Path) ->
         sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - started
+        side_cpu = _cpu(side) - side_before
         done.set()
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -88,7 +113,39 @@ def run(label: str, argv: list[str] | str, *, env: dict[str, str], cwd: Path) ->
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed ({proc.returncode}):\n{stdout}\n{stderr}")
-    return Run(label, seconds, peak[0], usage.ru_maxrss / 1024), stdout
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(label, seconds, peak[0], usage.ru_maxrss / 1024, cpu, side_cpu), stdout
+
+
+def _start_moto(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """moto's S3 server in its own process, as a real store would be: its CPU (it keeps
+    every part in memory, concatenates them and hashes the whole object on completion)
+    competes for the same 2 cores and is reported beside each run, but its threads do not
+    share this process's interpreter lock with the RSS sampler and the timing."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (work / "moto.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1):  # noqa: S310
+                return proc, endpoint
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(
+                    f"moto's S3 server did not start; see {work / 'moto.log'}"
+                ) from None
+            time.sleep(0.1)
 
 
 def main() -> None:
@@ -98,8 +155,9 @@ def main() -> None:
     parser.add_argument(
         "--jobs",
         type=int,
-        default=2,
-        help="create/restore --jobs, and the baseline's pg_restore -j",
+        nargs="+",
+        default=[2],
+        help="create/restore --jobs, and the baseline's pg_restore -j; several values run each",
     )
     parser.add_argument("--level", type=int, default=3, help="zstd level for both sides")
     parser.add_argument("--no-s3", action="store_true", help="skip the moto S3 run")
@@ -132,6 +190,10 @@ def main() -> None:
         print(f"seeding {args.bookings} bookings into a scratch server in {work} ...", flush=True)
         with pg.connect(url) as conn:
             seeded = seed(conn, tenants=args.tenants, bookings=args.bookings, seed=1)
+            # settle the new rows first, as a production database's are: otherwise the
+            # first runs (the baseline's first) set hint bits and race autovacuum's
+            # insert-triggered vacuum of the whole seed
+            conn.execute("VACUUM (FREEZE, ANALYZE)")
             conn.execute("CHECKPOINT")
             size = pg.server_facts(conn).size_bytes
         print(
@@ -177,7 +239,7 @@ def main() -> None:
             )
             print(
                 f"  baseline backup: {done.seconds:.1f} s, "
-                f"{base_file.stat().st_size / 2**20:.0f} MiB",
+                f"{base_file.stat().st_size / 2**20:.0f} MiB, CPU {done.cpu_s:.1f} s",
                 flush=True,
             )
 
@@ -189,15 +251,7 @@ def main() -> None:
             f"backup_compression_level = {args.level}",
         ]
         if not args.no_s3:
-            import logging
-
-            from moto.server import ThreadedMotoServer
-
-            logging.getLogger("werkzeug").setLevel(logging.ERROR)
-            moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-            moto.start()
-            host, port = moto.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
+            moto, endpoint = _start_moto(work)
             import boto3
 
             boto3.client(
@@ -216,7 +270,7 @@ def main() -> None:
             ]
         (work / "ptool-ops.toml").write_text("\n".join(config) + "\n")
 
-        def create(environment: str, label: str, *extra: str) -> str:
+        def create(environment: str, label: str, jobs: int, *extra: str) -> str:
             import json
 
             done, out = run(
@@ -230,29 +284,38 @@ def main() -> None:
                     "-o",
                     "json",
                     "-j",
-                    str(args.jobs),
+                    str(jobs),
                     *extra,
                 ],
                 env=child_env,
                 cwd=work,
+                side=moto.pid if moto is not None else None,
             )
             record(label, done)
             data = json.loads(out)
             print(
                 f"  {label}: {done.seconds:.1f} s, "
                 f"{data['stored_bytes'] / 2**20:.0f} MiB stored,"
-                f" peak RSS {done.peak_rss_mb:.0f} MB",
+                f" peak RSS {done.peak_rss_mb:.0f} MB, CPU {done.cpu_s:.1f} s"
+                + (
+                    f" (+ moto {done.side_cpu_s:.1f} s)"
+                    if moto is not None and environment.endswith("s3")
+                    else ""
+                ),
                 flush=True,
             )
             return str(data["id"])
 
+        top = max(args.jobs)
         backup_id = ""
         for _ in range(args.repeat):
             dump_base()
-            backup_id = create("bench", "ours-file")
-            create("bench", "ours-file-nocount", "--no-row-counts")
-            if not args.no_s3:
-                create("bench-s3", "ours-s3")
+            for jobs in args.jobs:
+                made = create("bench", f"ours-file -j{jobs}", jobs)
+                backup_id = made if jobs == top else backup_id
+                if not args.no_s3:
+                    create("bench-s3", f"ours-s3 -j{jobs}", jobs)
+            create("bench", f"ours-file -j{top} no counts", top, "--no-row-counts")
 
         if not args.no_restore:
             plain = work / "plain.dump"
@@ -269,19 +332,20 @@ def main() -> None:
                 with pg.connect(url) as conn:
                     conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
-            for _ in range(args.repeat):  # interleaved: the machine's load hits both sides
+            for _, jobs in ((r, j) for r in range(args.repeat) for j in args.jobs):
+                # interleaved: the machine's load hits both sides
                 drop("bench_base")
                 drop("bench_ours")
                 with pg.connect(url) as conn:
                     conn.execute("CREATE DATABASE bench_base")
                 done = record(
-                    "restore-base",
+                    f"restore-base -j{jobs}",
                     run(
-                        f"baseline pg_restore -j {args.jobs}",
+                        f"baseline pg_restore -j {jobs}",
                         [
                             str(pg_restore.path),
                             "-j",
-                            str(args.jobs),
+                            str(jobs),
                             "-d",
                             base_conninfo,
                             str(plain),
@@ -290,7 +354,7 @@ def main() -> None:
                         cwd=work,
                     )[0],
                 )
-                print(f"  baseline restore: {done.seconds:.1f} s", flush=True)
+                print(f"  baseline restore -j {jobs}: {done.seconds:.1f} s", flush=True)
                 drop("bench_base")
                 done, restored = run(
                     "ours restore",
@@ -304,14 +368,14 @@ def main() -> None:
                         "--target-db",
                         "bench_ours",
                         "-j",
-                        str(args.jobs),
+                        str(jobs),
                         "-o",
                         "json",
                     ],
                     env=child_env,
                     cwd=work,
                 )
-                record("restore-ours", done)
+                record(f"restore-ours -j{jobs}", done)
                 drop("bench_ours")
                 import json
 
@@ -320,7 +384,8 @@ def main() -> None:
                 )
                 print(f"  ours restore steps (overlapping): {steps}")
                 print(
-                    f"  ours restore: {done.seconds:.1f} s, peak RSS {done.peak_rss_mb:.0f} MB",
+                    f"  ours restore -j {jobs}: {done.seconds:.1f} s, peak RSS "
+                    f"{done.peak_rss_mb:.0f} MB",
                     flush=True,
                 )
 
@@ -349,33 +414,38 @@ def main() -> None:
 
         base = median("dump-base")
         print(f"backup  baseline pg_dump | zstd   {spread('dump-base')}")
-        for label in ("ours-file", "ours-file-nocount", "ours-s3"):
+        for label in (k for k in runs if k.startswith("ours-")):
             if label in runs:
                 ratio = base / median(label)
                 print(
-                    f"backup  {label:18} {spread(label)}  ratio {ratio:4.2f} "
+                    f"backup  {label:24} {spread(label)}  ratio {ratio:4.2f} "
                     f"({'ok' if ratio >= TARGET_RATIO else 'BELOW'} {TARGET_RATIO})  "
                     f"{size / 2**20 / median(label):6.1f} MiB/s  peak RSS {peak(label):5.0f} MB "
                     f"({'ok' if peak(label) < TARGET_RSS_MB else 'OVER'} {TARGET_RSS_MB}; "
                     f"biggest process in its tree {tree(label):.0f} MB)"
                 )
-        if "restore-ours" in runs:
-            ratio = median("restore-base") / median("restore-ours")
-            print(f"restore baseline pg_restore -j {args.jobs}  {spread('restore-base')}")
+        for jobs in args.jobs:
+            ours, theirs = f"restore-ours -j{jobs}", f"restore-base -j{jobs}"
+            if ours not in runs:
+                continue
+            ratio = median(theirs) / median(ours)
+            print(f"restore baseline pg_restore -j {jobs}  {spread(theirs)}")
             print(
-                f"restore ours -j {args.jobs}         {spread('restore-ours')}  ratio {ratio:4.2f} "
+                f"restore ours -j {jobs}         {spread(ours)}  ratio {ratio:4.2f} "
                 f"({'ok' if ratio >= TARGET_RATIO else 'BELOW'} {TARGET_RATIO})  peak RSS "
-                f"{peak('restore-ours'):5.0f} MB (tree {tree('restore-ours'):.0f} MB; baseline "
-                f"tree {tree('restore-base'):.0f} MB)"
+                f"{peak(ours):5.0f} MB (tree {tree(ours):.0f} MB; baseline "
+                f"tree {tree(theirs):.0f} MB)"
             )
         print(
-            f"streams: --jobs {args.jobs} for create (big tables in their own streams) and "
+            f"streams: --jobs {' '.join(map(str, args.jobs))} for create (big tables in their "
+            "own streams) and "
             "restore (parallel table loads, per-table index builds as rows arrive); no -Fd "
             "directory format"
         )
     finally:
         if moto is not None:
-            moto.stop()
+            moto.terminate()
+            moto.wait()
         env.server.stop("immediate")
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
