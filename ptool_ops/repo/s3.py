@@ -1,4 +1,4 @@
-"""``s3://bucket/prefix`` backend: boto3, explicit multipart upload with a fixed part size.
+"""``s3://bucket/prefix`` backend: botocore, explicit multipart upload with a fixed part size.
 
 Why explicit multipart rather than boto3's transfer manager (``upload_fileobj``): the
 pipeline *pushes* bytes as ``pg_dump`` produces them, and we want three guarantees the
@@ -150,20 +150,17 @@ class S3Storage(Storage):
     def client(self) -> S3Client:
         with self._lock:
             if self._client is None:
-                import os
-
-                # botocore itself: boto3's session and resource layer add ~0.1 s of start-up
-                # CPU to every backup and give this module nothing it uses
-                import botocore.session
                 from botocore.config import Config
+
+                from ptool_ops import aws
 
                 # off: no flexible checksum unless the operation requires one
                 checksums: Literal["when_supported", "when_required"] = (
                     "when_supported" if self.checksum_args else "when_required"
                 )
-                client = botocore.session.get_session().create_client(
+                client = aws.client(
                     "s3",
-                    region_name=self.region or os.environ.get("AWS_REGION") or "us-east-1",
+                    region=self.region,
                     endpoint_url=self.endpoint_url,
                     config=Config(
                         retries={"max_attempts": 1, "mode": "standard"},
@@ -378,7 +375,7 @@ class S3Writer(Writer):
             ),
         )
         part = {"PartNumber": number, "ETag": response["ETag"]}
-        if s3.checksum_args:
+        if response.get("ChecksumCRC32"):
             part["ChecksumCRC32"] = response["ChecksumCRC32"]  # complete names each part's
         return part
 

@@ -60,13 +60,12 @@ def resolve(ref: SecretRef, settings: EnvironmentSettings) -> SecretStr:
 
 
 def _aws_secret(ref: SecretRef, settings: EnvironmentSettings) -> SecretStr:
-    import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
-    client = boto3.client(
-        "secretsmanager",
-        region_name=settings.aws_region or os.environ.get("AWS_REGION") or "us-east-1",
-        endpoint_url=settings.aws_endpoint_url,
+    from ptool_ops import aws
+
+    client = aws.client(
+        "secretsmanager", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
     )
     try:
         raw = client.get_secret_value(SecretId=ref.name, VersionStage="AWSCURRENT")
