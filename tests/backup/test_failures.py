@@ -148,11 +148,19 @@ def test_a_backup_that_breaks_an_invariant_fails_verify_restore(file_env: Env) -
 
 
 def _dump_sessions(env: Env) -> int:
+    """pg_dump sessions still open, after giving a killed one's backend time to notice."""
+    import time
+
+    deadline = time.monotonic() + 5
     with env.db.connect() as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'"
-        ).fetchone()
-        return int(row[0]) if row else 0
+        while True:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump'"
+            ).fetchone()
+            count = int(row[0]) if row else 0
+            if count == 0 or time.monotonic() > deadline:
+                return count
+            time.sleep(0.1)
 
 
 def test_a_missing_bucket_fails_the_preflight_and_stores_nothing(s3_env: Env) -> None:
