@@ -185,3 +185,20 @@ def test_a_foreign_repository_is_refused_before_anything_is_written(
     assert "holds something other than a ptool-ops repository" in result.stderr
     assert sorted(p.name for p in foreign.iterdir()) == ["ptool-repo.json"]
     assert _dump_sessions(file_env) == 0
+
+
+def test_a_foreign_s3_repository_gets_no_object_and_no_upload(s3_env: Env) -> None:
+    # on S3 the writers hold their first request until the marker check has passed
+    import boto3
+
+    bucket = s3_env.repo_url.removeprefix("s3://").split("/", 1)[0]
+    client = boto3.client("s3", endpoint_url=s3_env.extra["aws_endpoint_url"])
+    client.put_object(Bucket=bucket, Key="other/ptool-repo.json", Body=b'{"format": "x"}')
+    s3_env.configure(repo_url=f"s3://{bucket}/other")
+    result = s3_env.run("backup create")
+    assert result.exit_code == 3, result.output
+    assert "holds something other than a ptool-ops repository" in result.stderr
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == ["other/ptool-repo.json"]
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert _dump_sessions(s3_env) == 0
