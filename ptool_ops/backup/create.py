@@ -41,6 +41,7 @@ from ptool_ops.backup.models import (
 )
 from ptool_ops.errors import OperationFailed, PtoolError
 from ptool_ops.repo.manifest import ObjectEntry
+from ptool_ops.repo.storage import close_stream
 from ptool_ops.settings import EnvironmentSettings
 
 #: (stage, raw bytes dumped, estimated total)
@@ -103,9 +104,7 @@ def _stoppable(chunks: Iterator[bytes], stop: threading.Event) -> Iterator[bytes
                 raise OperationFailed("stopped because another part of the backup failed.")
             yield chunk
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        close_stream(chunks)
 
 
 class _Meter:

@@ -95,24 +95,18 @@ class Storage(abc.ABC):
         before_store: Callable[[], None] | None = None,
     ) -> int:
         """Write ``chunks`` as one object; on any failure the upload is aborted."""
-        try:
-            writer = self.open_writer(key, before_store)
-        except BaseException:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-            raise
+        writer: Writer | None = None
         size = 0
         try:
+            writer = self.open_writer(key, before_store)
             for chunk in chunks:
                 if chunk:
                     writer.write(chunk)
                     size += len(chunk)
         except BaseException:
-            writer.abort()
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()  # a generator's cleanup (killing pg_dump) runs now, not at GC
+            if writer is not None:
+                writer.abort()
+            close_stream(chunks)
             raise
         writer.commit()
         return size
@@ -122,6 +116,13 @@ class Storage(abc.ABC):
 
     def get_bytes(self, key: str) -> bytes:
         return b"".join(self.get_stream(key))
+
+
+def close_stream(chunks: Iterable[bytes]) -> None:
+    """Run a generator's cleanup (killing its pg_dump, say) now rather than at GC."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
 
 
 def check_key(key: str) -> str:
