@@ -73,15 +73,16 @@ class Repository:
     def ensure_initialised(self) -> None:
         """Write the marker on first use; refuse a marker of a newer layout."""
         if self.storage.exists(MARKER):
-            data = json.loads(self.storage.get_bytes(MARKER))
-            if data.get("format") != REPO_FORMAT:
+            data = self.get_json(MARKER)  # None: not a JSON object
+            if data is None or data.get("format") != REPO_FORMAT:
                 raise ConfigError(
                     f"{self.url} holds something other than a ptool-ops repository.",
                     hint="Point repo_url at an empty location or an existing repository.",
                 )
-            if int(data.get("version", 0)) > LAYOUT_VERSION:
+            version = data.get("version", 0)
+            if not isinstance(version, int) or version > LAYOUT_VERSION:
                 raise ConfigError(
-                    f"the repository {self.url} has layout version {data['version']}; this "
+                    f"the repository {self.url} has layout version {version}; this "
                     f"ptool-ops knows up to {LAYOUT_VERSION}.",
                     hint="Upgrade ptool-ops.",
                 )

@@ -202,3 +202,14 @@ def test_a_foreign_s3_repository_gets_no_object_and_no_upload(s3_env: Env) -> No
     assert keys == ["other/ptool-repo.json"]
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert _dump_sessions(s3_env) == 0
+
+
+def test_a_garbled_repository_marker_is_one_sentence(file_env: Env, tmp_path: Path) -> None:
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / "ptool-repo.json").write_text("not json at all\n")
+    file_env.configure(repo_url=f"file://{garbled}")
+    result = file_env.run("backup create")
+    assert result.exit_code == 3, result.output
+    assert "holds something other than a ptool-ops repository" in result.stderr
+    assert "Traceback" not in result.output
