@@ -154,7 +154,7 @@ def drop_database(url: SecretStr, name: str) -> None:
         )
 
 
-#: invariants that read rows only: they run as soon as every table's rows are in, beside
+#: invariants that read rows only: each runs as soon as the rows it reads are in, beside
 #: the index builds; the others (catalog checks: row security, invalid objects) run last
 DATA_CHECKS = (
     "no_overlapping_bookings",
@@ -296,19 +296,6 @@ def _tasks(
 
         return lambda: tools.restore(tool, target_url, [], chunks())
 
-    tasks = [schedule.Task(schedule.DATA, "restore-data", run=load(data))]
-    for table, item in streams.items():
-        tasks.append(
-            schedule.Task(
-                schedule.load_name(table),
-                "restore-data",
-                frozenset({schedule.DATA}),
-                {table: schedule.ROW_EXCLUSIVE},
-                (0, 0, -item.raw_size),
-                run=load(item),
-            )
-        )
-
     # post-data: the small archive on disk (0600, in our 0700 directory), split per table
     archive = work / "post-data.pgdump"
     with archive.open("wb") as handle:
@@ -319,6 +306,13 @@ def _tasks(
         tools.describe(tool, ["--file=-", str(archive)]),
         set(sizes) | set(streams),
     )
+
+    tasks = [schedule.Task(schedule.DATA, "restore-data", run=load(data))]
+    loads = schedule.load_tasks({t: o.raw_size for t, o in streams.items()}, post, sizes)
+    objects = {schedule.load_name(t): o for t, o in streams.items()}
+    for task in loads:
+        task.run = load(objects[task.name])
+    tasks += loads
     posts = schedule.post_tasks(post, set(streams), sizes)
     started = threading.Event()
 
@@ -345,11 +339,14 @@ def _tasks(
         task.run = build(args)
     tasks += posts
 
-    # validation: row counts once a table's rows are in, the row-only invariants once all
-    # rows are in, the catalog invariants at the very end
+    # validation: row counts once a table's rows are in, each row-only invariant once the
+    # rows it reads are in, the catalog invariants at the very end
     outcome = _Outcome(manifest.tables)
     every = {t: schedule.ACCESS_SHARE for t in sizes}
-    loaded = frozenset({schedule.DATA, *(schedule.load_name(t) for t in streams)})
+
+    def loaded(tables: set[str]) -> frozenset[str]:
+        return frozenset({schedule.DATA, *(schedule.load_name(t) for t in tables & set(streams))})
+
     for info in manifest.tables:
         if info.rows is None:
             continue
@@ -375,7 +372,7 @@ def _tasks(
             schedule.Task(
                 f"check:{check.name}",
                 "validate",
-                loaded,
+                loaded(reads),
                 dict.fromkeys(reads, schedule.ACCESS_SHARE),
                 (3, n, 0),
                 run=_checker(target_url, [check.name], outcome),
@@ -386,7 +383,7 @@ def _tasks(
             schedule.Task(
                 "check:catalog",
                 "validate",
-                loaded | {t.name for t in posts},
+                loaded(set(streams)) | {t.name for t in posts},
                 every,
                 (4, 0, 0),
                 run=_checker(target_url, late, outcome),

@@ -80,6 +80,8 @@ def test_indexes_constraints_and_foreign_keys_are_placed_per_table() -> None:
         ("CONSTRAINT", "s.big", None),
         ("FK CONSTRAINT", "s.big", "s.small"),
     ]
+    # the access method each build uses: what the cost model weighs
+    assert [i.method for i in plan.items] == ["btree", "btree", "btree", "gist", "btree"]
     # triggers, row security: restored last, by pg_restore, in the archive's order
     assert [line.split(";")[0] for line in plan.rest] == ["15", "17"]
 
@@ -222,3 +224,41 @@ def test_one_tables_indexes_are_built_while_another_table_still_loads() -> None:
         for s2, e2, n2 in log:
             if n1 < n2 and s1 < e2 and s2 < e1:
                 assert not schedule.conflicts(by_name[n1], by_name[n2]), (n1, n2)
+
+
+def _load_order(entries: list[tuple[str, str]]) -> tuple[list[Task], list[Task]]:
+    """Loads and post-data tasks of s.big (100 bytes) and s.other (a 300-byte stream)."""
+    plan = _plan(entries)
+    sizes = {"s.big": 100, "s.small": 1, "s.other": 300}
+    loads = schedule.load_tasks({"s.big": 100, "s.other": 300}, plan, sizes)
+    return loads, schedule.post_tasks(plan, {"s.big", "s.other"}, sizes)
+
+
+def test_a_table_whose_builds_outweigh_every_other_load_loads_first_and_alone() -> None:
+    # big's exclusion constraint (GiST) is ~25 B-tree builds: more than loading s.other
+    loads, _ = _load_order(ENTRIES)
+    assert [t.name for t in loads] == ["load:s.big", "load:s.other"]
+    big, other = loads
+    assert big.locks[schedule.LOADS] == schedule.ACCESS_EXCLUSIVE
+    assert schedule.conflicts(big, other)
+    assert big.priority < other.priority
+
+
+def test_without_a_dominant_build_loads_run_side_by_side_longest_chain_first() -> None:
+    btree_only = [entry for entry in ENTRIES if "gist" not in entry[1]]
+    loads, _ = _load_order(btree_only)
+    assert [t.name for t in loads] == ["load:s.other", "load:s.big"]  # 4 x 300 > 4 x 100 + 230
+    assert not schedule.conflicts(*loads)
+
+
+def test_the_long_build_starts_as_soon_as_its_rows_are_in_and_other_loads_run_beside_it() -> None:
+    loads, posts = _load_order(ENTRIES)
+    data = Task(schedule.DATA, "restore-data")
+    gist = next(t for t in posts if t.priority == min(p.priority for p in posts))
+    assert gist.name == "post:3"  # the most expensive build is taken first
+    length = {"load:s.big": 4, "load:s.other": 6, "post:3": 13}
+    log = _simulate([data, *loads, *posts], 2, length)
+    at = {name: (start, end) for start, end, name in log}
+    assert at["load:s.other"][0] == at["load:s.big"][1]  # not beside big's load
+    assert at["post:3"][0] == at["load:s.big"][1]  # the GiST build right after big's rows
+    assert at["load:s.other"][1] < at["post:3"][1]  # other loads during the build
