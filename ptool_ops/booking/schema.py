@@ -47,6 +47,11 @@ MIGRATIONS_DIR: Path = Path(__file__).resolve().parent / "migrations"
 
 HISTORY_SCHEMA = "ptool_ops"
 HISTORY_TABLE = "ptool_ops.migration_history"
+#: the schema version: the highest version applied (a reverted one does not count). The
+#: application role may run it too (migration 0005), for the API's ``/version``.
+SCHEMA_VERSION_SQL = (
+    "SELECT max(version) FROM ptool_ops.migration_history WHERE outcome = 'applied'"
+)
 
 #: Key of the transaction-scoped advisory lock every migration run takes
 #: (first 8 bytes of sha256("ptool_ops.migrations"), as a signed bigint).
@@ -242,11 +247,7 @@ def schema_version(conn: psycopg.Connection[Any]) -> str | None:
     history table."""
     if not _history_exists(conn):
         return None
-    row = conn.execute(
-        sql.SQL("SELECT max(version) FROM {} WHERE outcome = 'applied'").format(
-            sql.SQL(HISTORY_TABLE)
-        )
-    ).fetchone()
+    row = conn.execute(SCHEMA_VERSION_SQL).fetchone()
     return None if row is None or row[0] is None else str(row[0])
 
 

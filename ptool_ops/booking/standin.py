@@ -297,17 +297,15 @@ class Standin:
         return JSONResponse(body, status, headers=headers)
 
     async def version_info(self, request: Request) -> Response:
-        from ptool_ops.booking.schema import load_migrations
+        from ptool_ops.booking.schema import SCHEMA_VERSION_SQL, load_migrations
 
         expected = load_migrations()[-1].version
         actual: str | None = None
         try:
             async with self.db.connection() as conn, conn.transaction():
-                row = await (
-                    await conn.execute("SELECT max(version) FROM ptool_ops.migration_history")
-                ).fetchone()
+                row = await (await conn.execute(SCHEMA_VERSION_SQL)).fetchone()
                 actual = row[0] if row else None
-        except psycopg.Error:
+        except psycopg.Error:  # no history table yet, or a role without the 0005 grant
             actual = None
         return JSONResponse(
             {

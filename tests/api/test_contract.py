@@ -31,6 +31,8 @@ def test_every_operation_and_response_matches_the_contract(standin: Standin) -> 
         assert ready["checks"]["database_role"] == "booking_app_a"
         version = check(http.get("/version"))
         assert version["schema_version_expected"]
+        # the application role reads the migration history (0005): the schema it runs on
+        assert version["schema_version"] == version["schema_version_expected"]
 
         assert check(http.get("/ops/maintenance")).get("status") == 401
         assert check(http.get("/ops/maintenance", headers=ops))["enabled"] is False

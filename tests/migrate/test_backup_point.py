@@ -68,8 +68,8 @@ def test_with_working_archiving_a_restore_point_is_taken(
             time.sleep(0.2)
         plan = choose(settings, conn)
         assert plan.kind is BackupKind.restore_point, plan.reason
-        point = take(settings, conn, plan, label="up-0005")
-    assert point.ref.startswith("ptool-migrate-up-0005-")
+        point = take(settings, conn, plan, label="up-0006")
+    assert point.ref.startswith("ptool-migrate-up-0006-")
     assert f"recovery_target_name = '{point.ref}'" in point.restore_command
 
 
@@ -105,7 +105,7 @@ def test_on_neon_a_branch_is_the_backup_point(
     directory = migrations_copy(tmp_path)
     add_migration(
         directory,
-        "0005",
+        "0006",
         "tenant_note",
         "ALTER TABLE booking.tenants ADD COLUMN note text;\n",
         "ALTER TABLE booking.tenants DROP COLUMN note;\n",
@@ -120,6 +120,6 @@ def test_on_neon_a_branch_is_the_backup_point(
     assert point.restore_command.startswith(f"neonctl branches restore {created.branch.id} ")
     with booking_db.connect() as conn:
         row = conn.execute(
-            "SELECT backup_point FROM ptool_ops.migration_history WHERE version = '0005'"
+            "SELECT backup_point FROM ptool_ops.migration_history WHERE version = '0006'"
         ).fetchone()
     assert row == (f"neon-branch:{point.ref}",)

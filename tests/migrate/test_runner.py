@@ -32,31 +32,31 @@ def runner(db: TestDatabase, directory: Path) -> Runner:
 
 def test_up_status_down_round_trip(booking_db: TestDatabase, tmp_path: Path) -> None:
     directory = migrations_copy(tmp_path)
-    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE, NOTE_EXISTS)
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE, NOTE_EXISTS)
     run = runner(booking_db, directory)
     with booking_db.connect() as conn:
         before, _ = state(conn)
-    assert [s.version for s in run.status().pending] == ["0005"]
+    assert [s.version for s in run.status().pending] == ["0006"]
 
     result = run.up()
     assert [(m.version, m.outcome, m.transactional) for m in result.migrations] == [
-        ("0005", "applied", True)
+        ("0006", "applied", True)
     ]
     report = run.status()
-    assert report.ok and not report.pending and report.current == "0005"
-    row = next(m for m in report.migrations if m.version == "0005").row
+    assert report.ok and not report.pending and report.current == "0006"
+    row = next(m for m in report.migrations if m.version == "0006").row
     assert row is not None and row.down_checksum and row.verify_checksum and row.run_id
     assert run.up().migrations == []  # idempotent
     assert run.verify().ok
 
     down = run.down()
-    assert [(m.version, m.outcome) for m in down.migrations] == [("0005", "reverted")]
-    assert [s.version for s in run.status().pending] == ["0005"]
+    assert [(m.version, m.outcome) for m in down.migrations] == [("0006", "reverted")]
+    assert [s.version for s in run.status().pending] == ["0006"]
     with booking_db.connect() as conn:
         after, _ = state(conn)
         from ptool_ops.booking.schema import schema_version
 
-        assert schema_version(conn) == "0004"
+        assert schema_version(conn) == "0005"
     assert after == before
 
 
@@ -64,10 +64,10 @@ def test_failed_verify_leaves_schema_and_history_as_before(
     booking_db: TestDatabase, tmp_path: Path
 ) -> None:
     directory = migrations_copy(tmp_path)
-    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE, "SELECT false;\n")
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE, "SELECT false;\n")
     with booking_db.connect() as conn:
         before = state(conn)
-    with pytest.raises(OperationFailed, match=r"0005_tenant_note.*Verification"):
+    with pytest.raises(OperationFailed, match=r"0006_tenant_note.*Verification"):
         runner(booking_db, directory).up()
     with booking_db.connect() as conn:
         assert state(conn) == before
@@ -79,7 +79,7 @@ def test_invariant_broken_by_a_migration_rolls_back(
     directory = migrations_copy(tmp_path)
     add_migration(
         directory,
-        "0005",
+        "0006",
         "rls_off",
         "-- ptool: allow ban-disable-row-level-security -- reason: test\n"
         "ALTER TABLE booking.artists DISABLE ROW LEVEL SECURITY;\n",
@@ -104,7 +104,7 @@ def test_failing_concurrent_index_build_leaves_no_invalid_index(
     directory = migrations_copy(tmp_path)
     add_migration(
         directory,
-        "0005",
+        "0006",
         "tenant_name_unique",
         "-- ptool: no-transaction\n"
         "CREATE UNIQUE INDEX CONCURRENTLY tenants_name_key ON booking.tenants (name);\n",
@@ -126,7 +126,7 @@ def test_unrecoverable_no_transaction_failure_needs_manual_action(
     directory = migrations_copy(tmp_path)
     add_migration(
         directory,
-        "0005",
+        "0006",
         "half_done",
         "-- ptool: no-transaction\n"
         "ALTER TABLE booking.tenants ADD COLUMN note text;\n"
@@ -156,25 +156,25 @@ def test_checksum_change_is_drift_but_line_endings_are_not(
     report = run.status()
     drifted = report.of(MigrationState.drifted)
     assert [(s.version, s.drift) for s in drifted] == [("0004", ["up"])]
-    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE)
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
     with pytest.raises(Refused, match="0004_events is drifted"):
         run.up()
 
     repaired = run.repair("0004", action="accept", reason="comment typo fixed")
     assert repaired.state is MigrationState.applied
     assert repaired.row is not None and "comment typo fixed" in (repaired.row.note or "")
-    assert [m.version for m in run.up().migrations] == ["0005"]
+    assert [m.version for m in run.up().migrations] == ["0006"]
 
 
 def test_missing_file_and_forget(booking_db: TestDatabase, tmp_path: Path) -> None:
     directory = migrations_copy(tmp_path)
-    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE)
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
     run = runner(booking_db, directory)
     run.up()
-    for path in directory.glob("0005_*"):
+    for path in directory.glob("0006_*"):
         path.unlink()
-    assert [s.version for s in run.status().of(MigrationState.missing)] == ["0005"]
-    forgotten = run.repair("0005", action="forget", reason="moved to another service")
+    assert [s.version for s in run.status().of(MigrationState.missing)] == ["0006"]
+    forgotten = run.repair("0006", action="forget", reason="moved to another service")
     assert forgotten.row is not None and forgotten.row.outcome == "forgotten"
     assert run.status().ok
 
@@ -183,15 +183,15 @@ def test_lint_errors_block_up_unless_allowed(booking_db: TestDatabase, tmp_path:
     directory = migrations_copy(tmp_path)
     index = "CREATE INDEX bookings_status_idx ON booking.bookings (status);\n"
     add_migration(
-        directory, "0005", "status_index", index, "DROP INDEX booking.bookings_status_idx;\n"
+        directory, "0006", "status_index", index, "DROP INDEX booking.bookings_status_idx;\n"
     )
     run = runner(booking_db, directory)
     with pytest.raises(Refused, match="require-concurrent-index-creation"):
         run.up()
-    (directory / "0005_status_index.up.sql").write_text(
+    (directory / "0006_status_index.up.sql").write_text(
         "-- ptool: allow require-concurrent-index-creation -- reason: empty in prod\n" + index
     )
-    assert [m.version for m in run.up().migrations] == ["0005"]
+    assert [m.version for m in run.up().migrations] == ["0006"]
 
 
 def test_no_transaction_migration_failing_verify_is_undone_by_its_down(
@@ -200,7 +200,7 @@ def test_no_transaction_migration_failing_verify_is_undone_by_its_down(
     directory = migrations_copy(tmp_path)
     add_migration(
         directory,
-        "0005",
+        "0006",
         "status_index",
         "-- ptool: no-transaction\n"
         "ALTER TABLE booking.bookings ADD COLUMN source text;\n"

@@ -24,7 +24,7 @@ def configure(cli: Cli, db: TestDatabase, directory: Path, tmp_path: Path) -> No
 
 def test_status_plan_up_down_verify(cli: Cli, booking_db: TestDatabase, tmp_path: Path) -> None:
     directory = migrations_copy(tmp_path)
-    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE)
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
     configure(cli, booking_db, directory, tmp_path)
 
     status = cli("migrate status -e t -o json")
@@ -36,7 +36,7 @@ def test_status_plan_up_down_verify(cli: Cli, booking_db: TestDatabase, tmp_path
     body = plan.json()
     assert body["backup_point"]["kind"] == "logical-backup"  # archive_mode is off in tests
     (pending,) = body["pending"]
-    assert pending["version"] == "0005" and pending["transactional"]
+    assert pending["version"] == "0006" and pending["transactional"]
     (lock,) = pending["statements"][0]["locks"]
     assert lock["table"] == "booking.tenants" and lock["mode"] == "ACCESS EXCLUSIVE"
     assert cli("migrate up -e t --dry-run -o json").json()["dry_run"] is True
@@ -45,7 +45,7 @@ def test_status_plan_up_down_verify(cli: Cli, booking_db: TestDatabase, tmp_path
     up = cli("migrate up -e t -o json")
     assert up.exit_code == 0, up.output
     result = up.json()
-    assert [m["version"] for m in result["migrations"]] == ["0005"]
+    assert [m["version"] for m in result["migrations"]] == ["0006"]
     point = result["backup_point"]
     assert point["kind"] == "logical-backup"
     assert point["restore_command"] == f"ptool-ops --env t backup restore {point['ref']} --in-place"
@@ -71,7 +71,7 @@ def test_drift_repair_through_the_cli(cli: Cli, booking_db: TestDatabase, tmp_pa
     status = cli("migrate status -e t -o json")
     assert status.exit_code == 1
     assert [m["state"] for m in status.json()["migrations"]].count("drifted") == 1
-    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE)
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
     refused = cli("migrate up -e t --no-backup-point")
     assert refused.exit_code == 7 and "0003_bookings is drifted" in refused.output
     repaired = cli("migrate repair 0003 --accept --reason 'comment only' -e t -o json")
@@ -86,9 +86,9 @@ def test_new_scaffolds_the_next_version(cli: Cli, tmp_path: Path) -> None:
     assert made.exit_code == 0, made.output
     names = sorted(Path(p).name for p in made.json()["created"])
     assert names == [
-        "0005_bookings_status_index.down.sql",
-        "0005_bookings_status_index.up.sql",
-        "0005_bookings_status_index.verify.sql",
+        "0006_bookings_status_index.down.sql",
+        "0006_bookings_status_index.up.sql",
+        "0006_bookings_status_index.verify.sql",
     ]
     assert "-- ptool: no-transaction" in (directory / names[1]).read_text()
     assert cli(f"migrate new Bad-Name --dir {directory}").exit_code == 3
@@ -101,18 +101,18 @@ def test_migrate_test_proves_reversibility(
     directory = migrations_copy(tmp_path)
     add_migration(
         directory,
-        "0005",
+        "0006",
         "status_index",
         "-- ptool: no-transaction\n"
         "CREATE INDEX CONCURRENTLY bookings_status_idx ON booking.bookings (status);\n",
         "-- ptool: no-transaction\nDROP INDEX CONCURRENTLY booking.bookings_status_idx;\n",
     )
-    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
+    add_migration(directory, "0007", "tenant_note", ADD_NOTE, DROP_NOTE)
     configure(cli, booking_db, directory, tmp_path)
     tested = cli("migrate test -e t -o json")
     assert tested.exit_code == 0, tested.output
     report = tested.json()
-    assert [m["version"] for m in report["migrations"]] == ["0005", "0006"]
+    assert [m["version"] for m in report["migrations"]] == ["0006", "0007"]
     assert all(m["ok"] for m in report["migrations"])
     assert {"indexes", "relations"} <= set(report["migrations"][0]["changed"])
     # the real database is untouched, the scratch database is gone
@@ -123,7 +123,7 @@ def test_migrate_test_proves_reversibility(
         ).fetchone()
         assert left == (0,)
 
-    (directory / "0006_tenant_note.down.sql").write_text("SELECT 1;\n")  # forgets the column
+    (directory / "0007_tenant_note.down.sql").write_text("SELECT 1;\n")  # forgets the column
     broken = cli("migrate test -e t --source dump -o json")
     assert broken.exit_code == 1, broken.output
     report = broken.json()
@@ -139,7 +139,7 @@ def test_unrecoverable_failure_prints_the_way_back(
     directory = migrations_copy(tmp_path)
     add_migration(
         directory,
-        "0005",
+        "0006",
         "half_done",
         "-- ptool: no-transaction\n"
         "ALTER TABLE booking.tenants ADD COLUMN note text;\n"

@@ -29,7 +29,7 @@ def test_two_concurrent_ups_apply_each_migration_once(
     directory = migrations_copy(tmp_path)
     add_migration(
         directory,
-        "0005",
+        "0006",
         "slow_marker",
         "CREATE TABLE booking.run_marker (at timestamptz NOT NULL DEFAULT clock_timestamp());\n"
         "INSERT INTO booking.run_marker DEFAULT VALUES;\n"
@@ -38,7 +38,7 @@ def test_two_concurrent_ups_apply_each_migration_once(
     )
     add_migration(
         directory,
-        "0006",
+        "0007",
         "second_marker",
         "INSERT INTO booking.run_marker DEFAULT VALUES;\n",
         "DELETE FROM booking.run_marker WHERE at = (SELECT max(at) FROM booking.run_marker);\n",
@@ -63,7 +63,7 @@ def test_two_concurrent_ups_apply_each_migration_once(
         t.join(30)
     assert failures == []
     applied = sorted(m.version for r in results for m in r.migrations)
-    assert applied == ["0005", "0006"]
+    assert applied == ["0006", "0007"]
     assert sorted(len(r.migrations) for r in results) == [0, 2]
     with booking_db.connect() as conn:
         row = conn.execute("SELECT count(*) FROM booking.run_marker").fetchone()
@@ -100,7 +100,7 @@ def test_lock_wait_retries_then_fails_without_stalling_writers(
     """A reader holds ACCESS SHARE on tenants; the migration's ALTER waits lock_timeout,
     retries, and gives up; a writer queued behind it never waits much longer."""
     directory = migrations_copy(tmp_path)
-    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE)
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
     with booking_db.connect() as conn:
         before = state(conn)
     stop = threading.Event()
@@ -201,7 +201,7 @@ def test_an_unready_api_after_commit_rolls_the_migration_back(
     booking_db: TestDatabase, tmp_path: Path, always_down: bool
 ) -> None:
     directory = migrations_copy(tmp_path)
-    add_migration(directory, "0005", "tenant_note", ADD_NOTE, DROP_NOTE)
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
     with booking_db.connect() as conn:
         before, _ = state(conn)
     api = _api(booking_db.conninfo, always_down)
@@ -219,7 +219,7 @@ def test_an_unready_api_after_commit_rolls_the_migration_back(
                 runner.up()
             assert err.value.exit_code == 9
         else:
-            with pytest.raises(OperationFailed, match="API was not ready after 0005") as err:
+            with pytest.raises(OperationFailed, match="API was not ready after 0006") as err:
                 runner.up()
             assert "API is ready again" in err.value.message
     finally:
@@ -227,4 +227,4 @@ def test_an_unready_api_after_commit_rolls_the_migration_back(
     with booking_db.connect() as conn:
         after, rows = state(conn)
     assert after == before
-    assert [r[3] for r in rows if r[0] == "0005"] == ["reverted"]
+    assert [r[3] for r in rows if r[0] == "0006"] == ["reverted"]
