@@ -263,9 +263,21 @@ def test_event_gaps_are_found(seeded: Conn) -> None:
 def test_duplicate_event_versions_are_found(seeded: Conn) -> None:
     seeded.execute("ALTER TABLE booking.events DROP CONSTRAINT events_stream_version_key")
     duplicated = _stream(seeded, [1, 2, 2, 3])
+    # a duplicate that hides a gap: starts at 1, as many versions as its highest
+    hidden = _stream(seeded, [1, 3, 3])
     result = _only(seeded, "event_streams_contiguous")
-    assert [v.ref["stream_id"] for v in result.violations] == [duplicated]
-    assert "duplicated" in result.violations[0].detail
+    found = {v.ref["stream_id"]: v.detail for v in result.violations}
+    assert set(found) == {duplicated, hidden} and result.total == 2
+    assert "version 2 is duplicated" in found[duplicated]
+    assert "version 3 is duplicated" in found[hidden]
+
+
+def test_broken_streams_beyond_the_limit_are_counted(seeded: Conn) -> None:
+    streams = sorted(_stream(seeded, [1, 3]) for _ in range(3))
+    report = run_invariants(seeded, only=["event_streams_contiguous"], limit=2)
+    result = report.result("event_streams_contiguous")
+    assert result.total == 3 and result.truncated
+    assert [v.ref["stream_id"] for v in result.violations] == streams[:2]
 
 
 def test_lost_events_are_found(seeded: Conn) -> None:
