@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from ptool_ops.booking.seed import seed
 from tests.backup.conftest import KEY, OTHER_KEY, Env, table_checksums
@@ -173,16 +174,22 @@ def test_a_missing_bucket_fails_the_preflight_and_stores_nothing(s3_env: Env) ->
     assert _dump_sessions(s3_env) == 0
 
 
-def test_a_foreign_repository_is_refused_before_anything_is_written(
-    file_env: Env, tmp_path: Path
+@pytest.mark.parametrize(
+    "marker",
+    ['{"format": "someone-elses-tool"}\n', "not json at all\n"],
+    ids=["foreign", "garbled"],
+)
+def test_a_foreign_or_garbled_repository_is_refused_before_anything_is_written(
+    file_env: Env, tmp_path: Path, marker: str
 ) -> None:
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    (foreign / "ptool-repo.json").write_text('{"format": "someone-elses-tool"}\n')
+    (foreign / "ptool-repo.json").write_text(marker)
     file_env.configure(repo_url=f"file://{foreign}")
     result = file_env.run("backup create")
     assert result.exit_code == 3, result.output
     assert "holds something other than a ptool-ops repository" in result.stderr
+    assert "Traceback" not in result.output
     assert sorted(p.name for p in foreign.iterdir()) == ["ptool-repo.json"]
     assert _dump_sessions(file_env) == 0
 
@@ -202,14 +209,3 @@ def test_a_foreign_s3_repository_gets_no_object_and_no_upload(s3_env: Env) -> No
     assert keys == ["other/ptool-repo.json"]
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert _dump_sessions(s3_env) == 0
-
-
-def test_a_garbled_repository_marker_is_one_sentence(file_env: Env, tmp_path: Path) -> None:
-    garbled = tmp_path / "garbled"
-    garbled.mkdir()
-    (garbled / "ptool-repo.json").write_text("not json at all\n")
-    file_env.configure(repo_url=f"file://{garbled}")
-    result = file_env.run("backup create")
-    assert result.exit_code == 3, result.output
-    assert "holds something other than a ptool-ops repository" in result.stderr
-    assert "Traceback" not in result.output
