@@ -41,6 +41,7 @@ from ptool_ops.backup.models import (
 )
 from ptool_ops.errors import OperationFailed, PtoolError
 from ptool_ops.repo.manifest import ObjectEntry
+from ptool_ops.repo.repository import Repository
 from ptool_ops.repo.storage import close_stream
 from ptool_ops.settings import EnvironmentSettings
 
@@ -107,6 +108,38 @@ def _stoppable(chunks: Iterator[bytes], stop: threading.Event) -> Iterator[bytes
         close_stream(chunks)
 
 
+class _RepoReady:
+    """The repository's preflight (an S3 client, the marker), read-only, on its own thread
+    while the dump starts. Every writer calls :meth:`wait` before it first touches the
+    repository (``before_store``): nothing is stored unless the check passed, and a new
+    repository gets its marker from the first writer, once. A backup that fails before it
+    stores anything (an unreachable database, say) leaves the location as it was."""
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        checker = ThreadPoolExecutor(1, thread_name_prefix="repo-preflight")
+        self._checked = checker.submit(repo.check_marker)
+        checker.shutdown(wait=False)
+        self._lock = threading.Lock()
+        self._marked = False
+        self._failed = False  # the marker could not be written
+
+    def wait(self) -> None:
+        present = self._checked.result()
+        with self._lock:
+            if not present and not self._marked:
+                try:
+                    self._repo.write_marker()
+                except BaseException:
+                    self._failed = True
+                    raise
+                self._marked = True
+
+    def failed(self) -> bool:
+        """Whether the repository refused: its check or its marker failed."""
+        return self._failed or (self._checked.done() and self._checked.exception() is not None)
+
+
 class _Meter:
     """Sums the progress of concurrent streams."""
 
@@ -149,12 +182,7 @@ def create(
         try:
             started = datetime.now(UTC)
             clock = time.monotonic()
-            # the repository's preflight (an S3 client, the marker) runs on its own thread
-            # while the dump starts: every writer waits for it before it first touches the
-            # repository (``before_store``), so nothing is stored unless it passed
-            checker = ThreadPoolExecutor(1, thread_name_prefix="repo-preflight")
-            repo_ready = checker.submit(repo.ensure_initialised)
-            checker.shutdown(wait=False)
+            repo_ready = _RepoReady(repo)
             # one connection (a remote one costs a TLS handshake) serves the preflight and
             # then holds the snapshot
             snap = pg.connect(url, autocommit=False)
@@ -229,7 +257,7 @@ def create(
                         key,
                         _stoppable(tools.dump(tool, url, args), stop),
                         progress=meter.track(key),
-                        before_store=repo_ready.result,
+                        before_store=repo_ready.wait,
                     )
 
                 # post-data (small) on its own thread; the data streams ``jobs`` at a time
@@ -249,7 +277,7 @@ def create(
                         post = post_future.result()
                     except BaseException:
                         stop.set()
-                        if repo_ready.done() and repo_ready.exception() is not None:
+                        if repo_ready.failed():
                             step = "preflight"  # the repository refused: say so, not "dumping"
                         raise
                 table_objects = {key: table for (key, _, table) in streams if table is not None}
@@ -266,7 +294,7 @@ def create(
                 snap.close()
 
             step = "writing the manifest"
-            repo_ready.result()  # passed already: every object waited for it
+            repo_ready.wait()  # passed already: every object waited for it
             manifest = BackupManifest(
                 id=backup_id,
                 environment=settings.name,

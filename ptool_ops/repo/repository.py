@@ -72,6 +72,12 @@ class Repository:
 
     def ensure_initialised(self) -> None:
         """Write the marker on first use; refuse a marker of a newer layout."""
+        if not self.check_marker():
+            self.write_marker()
+
+    def check_marker(self) -> bool:
+        """Whether the marker is there (reads only); refuses a location that holds something
+        else or a layout newer than this ptool-ops knows."""
         if self.storage.exists(MARKER):
             data = self.get_json(MARKER)  # None: not a JSON object
             if data is None or data.get("format") != REPO_FORMAT:
@@ -86,7 +92,11 @@ class Repository:
                     f"ptool-ops knows up to {LAYOUT_VERSION}.",
                     hint="Upgrade ptool-ops.",
                 )
-            return
+            return True
+        return False
+
+    def write_marker(self) -> None:
+        """Make the location a repository of this layout."""
         marker = {
             "format": REPO_FORMAT,
             "version": LAYOUT_VERSION,

@@ -174,6 +174,24 @@ def test_a_missing_bucket_fails_the_preflight_and_stores_nothing(s3_env: Env) ->
     assert _dump_sessions(s3_env) == 0
 
 
+def test_a_backup_that_cannot_reach_the_database_leaves_a_new_repository_untouched(
+    file_env: Env, tmp_path: Path
+) -> None:
+    # the repository check runs beside the database preflight; the marker of a new
+    # repository is written only when the first object is about to be stored
+    fresh = tmp_path / "fresh"
+    file_env.configure(
+        database_url="postgresql://nobody:secret@127.0.0.1:1/db", repo_url=f"file://{fresh}"
+    )
+    result = file_env.run("backup create")
+    assert result.exit_code == 4, result.output
+    assert "cannot connect" in result.stderr and "secret" not in result.output
+    assert not fresh.exists() or list(fresh.iterdir()) == []
+    file_env.configure(repo_url=f"file://{fresh}")
+    assert file_env.run("backup create").exit_code == 0
+    assert (fresh / "ptool-repo.json").is_file()
+
+
 @pytest.mark.parametrize(
     "marker",
     ['{"format": "someone-elses-tool"}\n', "not json at all\n"],
