@@ -25,7 +25,7 @@ from pathlib import Path
 
 from psycopg import sql
 
-from ptool_ops import pg
+from ptool_ops import pg, privileges
 from ptool_ops.booking import load
 from ptool_ops.booking.api import BookingApi
 from ptool_ops.booking.seed import seed
@@ -34,8 +34,9 @@ from ptool_ops.local.env import LocalEnvironment
 
 
 def rotate(env: LocalEnvironment, role: str) -> None:
+    """As the owner, who administers the app logins (what a rotation does)."""
     password = secrets.token_urlsafe(24)
-    with pg.connect(env.database_url()) as conn:
+    with pg.connect(env.facts.role_url(privileges.OWNER)) as conn:
         conn.execute(
             sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
         )
@@ -59,9 +60,9 @@ def main() -> int:
         env = LocalEnvironment(Path(tmp) / "local")
         up = env.up()
         try:
-            with pg.connect(env.database_url()) as conn:
+            with pg.connect(env.facts.role_url(privileges.OWNER)) as conn:
                 seed(conn, tenants=5, bookings=args.bookings)
-            creds = env.secrets()
+            creds = env.facts.secrets()
             assert creds is not None and up.api_url is not None
             from pydantic import SecretStr
 

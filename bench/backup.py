@@ -176,6 +176,7 @@ def main() -> None:
     from ptool_ops import pg
     from ptool_ops.booking.seed import seed
     from ptool_ops.local.env import LocalEnvironment
+    from ptool_ops.privileges import OWNER
 
     work = Path(tempfile.mkdtemp(prefix="ptool-bench-"))
     os.chmod(work, 0o755)  # noqa: S103 - as root, the server runs as another OS user
@@ -186,9 +187,12 @@ def main() -> None:
         env.up()
     moto = None
     try:
-        url = env.database_url()
+        # both sides run as the operator (booking_owner), as a deployed environment would;
+        # seeding and settling the data is set-up, by the server's superuser
+        url = env.facts.role_url(OWNER)
+        setup = env.server.superuser_url("booking", purpose="bench set-up")
         print(f"seeding {args.bookings} bookings into a scratch server in {work} ...", flush=True)
-        with pg.connect(url) as conn:
+        with pg.connect(setup) as conn:
             seeded = seed(conn, tenants=args.tenants, bookings=args.bookings, seed=1)
             # settle the new rows first, as a production database's are: otherwise the
             # first runs (the baseline's first) set hint bits and race autovacuum's
@@ -324,7 +328,7 @@ def main() -> None:
                 env=tool_env,
                 check=True,
             )
-            base_conninfo, _ = pg.tool_invocation(env.database_url("bench_base"))
+            base_conninfo, _ = pg.tool_invocation(env.facts.role_url(OWNER, "bench_base"))
 
             def drop(name: str) -> None:
                 # right after each run: autovacuum on a just-restored copy (insert-triggered

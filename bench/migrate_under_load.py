@@ -11,7 +11,7 @@ then sends a paced booking-WRITE load (every request a POST) on loopback:
 * warm-up  -- one chunk, not measured (connections, caches);
 * baseline -- ``--baseline-seconds`` of load with nothing else running;
 * during   -- the same load, in chunks of ``--chunk-seconds``, for as long as
-  ``migrate up`` runs migration 0005 (``no-transaction``: ADD COLUMN, CREATE INDEX
+  ``migrate up`` runs migration 0006 (``no-transaction``: ADD COLUMN, CREATE INDEX
   CONCURRENTLY, ADD CONSTRAINT ... NOT VALID, VALIDATE CONSTRAINT; then verify + the
   booking invariants + the API readiness check, all through the real runner).
 
@@ -33,16 +33,18 @@ from typing import Any
 from pydantic import SecretStr
 
 from ptool_ops import pg
-from ptool_ops.booking import load
+from ptool_ops.booking import MIGRATIONS_DIR, load
 from ptool_ops.booking.api import BookingApi
-from ptool_ops.booking.schema import MIGRATIONS_DIR
 from ptool_ops.booking.seed import seed
+from ptool_ops.environment import Environment
 from ptool_ops.local.env import LocalEnvironment
+from ptool_ops.migrate.backup_point import EnvironmentBackupStep
 from ptool_ops.migrate.runner import Runner, RunOptions, RunResult
+from ptool_ops.privileges import MIGRATOR, OWNER
 from ptool_ops.settings import EnvironmentSettings
 
 UP = """\
--- 0005 bookings_source: where a booking came from, indexed, with a validated check.
+-- 0006 bookings_source: where a booking came from, indexed, with a validated check.
 -- ptool: no-transaction
 ALTER TABLE booking.bookings ADD COLUMN source text;
 CREATE INDEX CONCURRENTLY bookings_created_at_idx ON booking.bookings (created_at);
@@ -71,7 +73,7 @@ class Artists:
     def __init__(self, env: LocalEnvironment, tenant_id: str, count: int) -> None:
         ids = [str(uuid.uuid4()) for _ in range(count)]
         with (
-            pg.connect(env.database_url()) as conn,
+            pg.connect(env.facts.role_url(OWNER)) as conn,
             conn.cursor() as cur,
             cur.copy("COPY booking.artists (id, tenant_id, name) FROM STDIN") as copy,
         ):
@@ -159,13 +161,15 @@ def main() -> int:
         up = env.up()
         try:
             began = time.monotonic()
-            with pg.connect(env.database_url()) as conn:
+            # set-up (seeding, settling) by the server's superuser; the migration runs as
+            # booking_migrator, as CI runs it
+            with pg.connect(env.server.superuser_url("booking", purpose="bench set-up")) as conn:
                 seeded = seed(conn, tenants=args.tenants, bookings=args.bookings)
                 conn.execute("VACUUM (ANALYZE)")  # settle: no autovacuum storm mid-baseline
                 conn.execute("CHECKPOINT")
                 settle_archiver(conn)
             print(f"seeded {seeded.to_dict()} in {time.monotonic() - began:.0f} s", flush=True)
-            creds = env.secrets()
+            creds = env.facts.secrets()
             assert creds is not None and up.api_url is not None
             with BookingApi(up.api_url, SecretStr(creds.api_token)) as api:
                 fixture = api.smoke_fixture()
@@ -199,9 +203,9 @@ def main() -> int:
             directory.mkdir()
             for path in MIGRATIONS_DIR.iterdir():
                 (directory / path.name).write_bytes(path.read_bytes())
-            (directory / "0005_bookings_source.up.sql").write_text(UP)
-            (directory / "0005_bookings_source.down.sql").write_text(DOWN)
-            (directory / "0005_bookings_source.verify.sql").write_text(VERIFY)
+            (directory / "0006_bookings_source.up.sql").write_text(UP)
+            (directory / "0006_bookings_source.down.sql").write_text(DOWN)
+            (directory / "0006_bookings_source.verify.sql").write_text(VERIFY)
             settings = EnvironmentSettings(
                 name="local",
                 kind="local",
@@ -209,11 +213,10 @@ def main() -> int:
                 audit_dir=root / "audit",
             )
             runner = Runner(
-                env.database_url(),
+                env.facts.role_url(MIGRATOR),
                 directory=directory,
                 options=RunOptions(actor="bench", invariants=not args.no_invariants),
-                settings=settings,
-                take_backup=args.backup_point,
+                backup=EnvironmentBackupStep(Environment(settings)) if args.backup_point else None,
                 log=lambda message: print(f"  migrate: {message}", flush=True),
             )
             outcome: list[RunResult | BaseException] = []
@@ -238,7 +241,7 @@ def main() -> int:
                 label="during",
             )
             worker.join()
-            with pg.connect(env.database_url()) as conn:
+            with pg.connect(env.facts.role_url(OWNER)) as conn:
                 row = conn.execute("SELECT count(*) FROM booking.bookings").fetchone()
         finally:
             env.down()

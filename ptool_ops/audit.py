@@ -6,9 +6,9 @@ without ``hash``), so an edited, removed or reordered line breaks the chain and
 :func:`verify` names the first bad line. Appends take an exclusive ``flock`` so two
 operators on one machine never interleave.
 
-Usage in library code::
+Usage in library code (the environment holds the sink: ``env.audit(...)`` is the same)::
 
-    with audit.record(settings, "backup.create", {"backup_id": ...}) as entry:
+    with audit.record(env.audit_sink, "backup.create", {"backup_id": ...}) as entry:
         ...                      # do the work
         entry.details["bytes"] = n
 
@@ -28,14 +28,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ptool_ops.errors import ProblemsFound, PtoolError
 
-if TYPE_CHECKING:
-    from ptool_ops.settings import EnvironmentSettings
-
 GENESIS = "0" * 64
+
+
+@dataclass(frozen=True)
+class AuditSink:
+    """Where an environment's audit records go: ``<audit_dir>/<environment>.jsonl``."""
+
+    directory: Path
+    environment: str
+
+    @property
+    def path(self) -> Path:
+        return self.directory / f"{self.environment}.jsonl"
 
 
 @dataclass
@@ -53,10 +62,6 @@ def actor() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid:{os.getuid()}"
-
-
-def log_path(settings: EnvironmentSettings) -> Path:
-    return settings.audit_dir / f"{settings.name}.jsonl"
 
 
 def _digest(record: dict[str, Any]) -> str:
@@ -95,22 +100,20 @@ def append(path: Path, action: str, outcome: str, details: dict[str, Any], env: 
 
 
 @contextmanager
-def record(
-    settings: EnvironmentSettings, action: str, details: dict[str, Any] | None = None
-) -> Iterator[Entry]:
+def record(sink: AuditSink, action: str, details: dict[str, Any] | None = None) -> Iterator[Entry]:
     """Record ``action`` when the block ends, as ok or failed."""
     entry = Entry(action, dict(details or {}))
     try:
         yield entry
     except PtoolError as err:
         entry.details["error"] = err.message
-        append(log_path(settings), action, "failed", entry.details, settings.name)
+        append(sink.path, action, "failed", entry.details, sink.environment)
         raise
     except BaseException as err:
         entry.details["error"] = type(err).__name__
-        append(log_path(settings), action, "failed", entry.details, settings.name)
+        append(sink.path, action, "failed", entry.details, sink.environment)
         raise
-    append(log_path(settings), action, "ok", entry.details, settings.name)
+    append(sink.path, action, "ok", entry.details, sink.environment)
 
 
 def read(path: Path) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ Exit codes (documented in README.md — keep the two in step):
  8   OperationFailed             the operation failed; nothing was changed or it was undone
  9   ManualActionRequired        the operation failed and could not undo itself
 10   ToolMissing                 no suitable external tool (pg_dump, ...) was found
+11   PermissionDenied            a database role lacks a privilege the command needs
 70   (internal)                  a bug in ptool-ops: please report it with the traceback
 130  (interrupted)               interrupted by Ctrl-C
 ===  ==========================  =========================================================
@@ -97,6 +98,14 @@ class ToolMissing(PtoolError):
     kind = "tool_missing"
 
 
+class PermissionDenied(PtoolError):
+    """The login lacks a privilege: the message names the role, the object and the
+    privilege, the hint the grant that fixes it (see :mod:`ptool_ops.privileges`)."""
+
+    exit_code = 11
+    kind = "permission_denied"
+
+
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "ok",
     ProblemsFound.exit_code: "ran and found problems",
@@ -109,6 +118,7 @@ EXIT_CODES: dict[int, str] = {
     OperationFailed.exit_code: "operation failed, nothing changed or undone",
     ManualActionRequired.exit_code: "operation failed and needs manual action",
     ToolMissing.exit_code: "required tool missing",
+    PermissionDenied.exit_code: "a database role lacks a privilege",
     EXIT_INTERNAL: "internal error (bug)",
     EXIT_INTERRUPTED: "interrupted",
 }

@@ -277,3 +277,34 @@ def tool_invocation(url: SecretStr | str) -> tuple[str, dict[str, str]]:
     if password:
         env["PGPASSWORD"] = str(password)
     return make_conninfo(**params), env
+
+
+def copy_database_grants(conn: psycopg.Connection[Any], source: str, target: str) -> int:
+    """Give ``target`` the database-level grants of ``source`` (``CREATE DATABASE`` copies
+    none); run as ``target``'s owner. Returns how many grants were made."""
+    from psycopg import sql
+
+    row = conn.execute(
+        "SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", (source,)
+    ).fetchone()
+    if row is None or not row[0]:
+        return 0  # the defaults: the new database has them too
+    grants = conn.execute(
+        "SELECT r.rolname, a.privilege_type, a.is_grantable"
+        " FROM pg_database d CROSS JOIN LATERAL aclexplode(d.datacl) a"
+        " LEFT JOIN pg_roles r ON r.oid = a.grantee"
+        " WHERE d.datname = %s AND a.grantee <> d.datdba ORDER BY 1, 2",
+        (source,),
+    ).fetchall()
+    target_id = sql.Identifier(target)
+    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(target_id))
+    for grantee, privilege, grantable in grants:
+        conn.execute(
+            sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+                sql.SQL(privilege),
+                target_id,
+                sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+        )
+    return len(grants)

@@ -40,12 +40,31 @@ class EnvironmentSettings(BaseSettings):
         default=None, description="Ask for confirmation before changes (default: true for prod)."
     )
 
-    database_url: SecretStr | None = Field(default=None, description="postgresql:// URL.")
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql:// URL of the operator's login (on Neon: the database owner,"
+        " booking_owner); every command uses it unless its role has a URL of its own.",
+    )
     database_secret: str | None = Field(
-        default=None, description="Secret reference for the database URL (env:, file:, aws-sm:)."
+        default=None, description="Secret reference for database_url (env:, file:, aws-sm:)."
+    )
+    migrator_url: SecretStr | None = Field(
+        default=None, description="postgresql:// URL of booking_migrator, for migrate commands."
+    )
+    migrator_secret: str | None = Field(
+        default=None, description="Secret reference for migrator_url (env:, file:, aws-sm:)."
+    )
+    backup_url: SecretStr | None = Field(
+        default=None, description="postgresql:// URL of booking_backup, for backup create."
+    )
+    backup_secret: str | None = Field(
+        default=None, description="Secret reference for backup_url (env:, file:, aws-sm:)."
     )
     api_url: str | None = Field(default=None, description="Booking API base URL.")
     api_token: SecretStr | None = Field(default=None, description="Booking API ops token.")
+    api_token_secret: str | None = Field(
+        default=None, description="Secret reference for api_token (env:, file:, aws-sm:)."
+    )
     repo_url: str | None = Field(
         default=None, description="Backup repository: s3://bucket/prefix or file:///path."
     )
@@ -137,7 +156,7 @@ class EnvironmentSettings(BaseSettings):
         default=30.0, ge=0, description="migrate: how long the API may take to be ready."
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "migrator_url", "backup_url")
     @classmethod
     def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
@@ -146,18 +165,15 @@ class EnvironmentSettings(BaseSettings):
                 raise ValueError("must be a postgresql:// URL")
         return value
 
-    @field_validator("database_secret")
+    @field_validator(
+        "database_secret",
+        "migrator_secret",
+        "backup_secret",
+        "api_token_secret",
+        "backup_key_secret",
+    )
     @classmethod
     def _secret_ref(cls, value: str | None) -> str | None:
-        if value is not None:
-            from ptool_ops.secrets.refs import parse_ref
-
-            parse_ref(value)
-        return value
-
-    @field_validator("backup_key_secret")
-    @classmethod
-    def _backup_key_ref(cls, value: str | None) -> str | None:
         if value is not None:
             from ptool_ops.secrets.refs import parse_ref
 
@@ -193,7 +209,7 @@ class EnvironmentSettings(BaseSettings):
             value = getattr(self, field_name)
             if isinstance(value, SecretStr):
                 values.append(value.get_secret_value())
-                values.extend(_url_password(value.get_secret_value()))
+                values.extend(url_passwords(value.get_secret_value()))
         return values
 
     def describe(self) -> dict[str, Any]:
@@ -208,7 +224,7 @@ class EnvironmentSettings(BaseSettings):
         return shown
 
 
-def _url_password(url: str) -> list[str]:
+def url_passwords(url: str) -> list[str]:
     from urllib.parse import unquote, urlsplit
 
     try:

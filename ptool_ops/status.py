@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptool_ops.errors import ProblemsFound, PtoolError
-from ptool_ops.settings import EnvironmentSettings
+
+if TYPE_CHECKING:
+    from ptool_ops.environment import Environment
 
 
 @dataclass
@@ -20,6 +22,7 @@ class DatabaseStatus:
     wal_level: str | None = None
     archive_mode: str | None = None
     error: str | None = None
+    hint: str | None = None
 
 
 @dataclass
@@ -67,32 +70,30 @@ class StatusReport:
         }
 
 
-def collect(settings: EnvironmentSettings) -> StatusReport:
+def collect(env: Environment) -> StatusReport:
     """Gather the status; never raises for what it can report instead."""
-    report = StatusReport(settings.name, settings.kind, DatabaseStatus(reachable=False))
-    if settings.is_local:
+    report = StatusReport(env.name, env.kind, DatabaseStatus(reachable=False))
+    if env.local is not None:
         from ptool_ops.console import to_jsonable
-        from ptool_ops.local.env import LocalEnvironment
 
-        report.local = to_jsonable(LocalEnvironment(settings.local_dir).status())
+        report.local = to_jsonable(env.local.status())
     try:
-        _database(settings, report)
+        _database(env, report)
     except PtoolError as err:
         report.database.error = err.message
+        report.database.hint = err.hint
         report.problems.append(err.message)
         report.exit_code = err.exit_code
-    if settings.api_url is not None or settings.is_local:
-        report.api = _api(settings, report)
+    if env.has_api:
+        report.api = _api(env, report)
     return report
 
 
-def _api(settings: EnvironmentSettings, report: StatusReport) -> ApiStatus:
+def _api(env: Environment, report: StatusReport) -> ApiStatus:
     """Liveness, readiness, version and maintenance; failures become problems, not raises."""
-    from ptool_ops.booking.api import for_settings
-
     status = ApiStatus()
     try:
-        with for_settings(settings) as api:
+        with env.api() as api:
             status.url = api.base_url
             api.health()
             status.alive = True
@@ -101,7 +102,7 @@ def _api(settings: EnvironmentSettings, report: StatusReport) -> ApiStatus:
             info = api.version()
             status.version, status.build = info["version"], info["build"]
             status.schema_version_expected = info["schema_version_expected"]
-            if settings.api_token is not None or settings.is_local:
+            if api.has_ops_token:
                 status.maintenance = bool(api.maintenance_state()["enabled"])
     except PtoolError as err:
         status.error = err.message
@@ -125,15 +126,14 @@ def _api(settings: EnvironmentSettings, report: StatusReport) -> ApiStatus:
     return status
 
 
-def _database(settings: EnvironmentSettings, report: StatusReport) -> None:
-    from ptool_ops import pg
+def _database(env: Environment, report: StatusReport) -> None:
+    from ptool_ops import pg, privileges
     from ptool_ops.booking.invariants import InvariantsUnavailable, run_invariants
-    from ptool_ops.booking.schema import schema_version
-    from ptool_ops.targets import database_url
+    from ptool_ops.migrate.history import schema_version
 
-    url = database_url(settings)
-    report.database.target = pg.describe(url)
-    with pg.connect(url) as conn:
+    login = env.database("status")
+    report.database.target = login.describe()
+    with login.connect() as conn:
         facts = pg.server_facts(conn)
         db = report.database
         db.reachable = True
@@ -142,6 +142,7 @@ def _database(settings: EnvironmentSettings, report: StatusReport) -> None:
         db.user = facts.user
         db.wal_level = facts.wal_level
         db.archive_mode = facts.archive_mode
+        privileges.require(conn, "status")
         db.schema_version = schema_version(conn)
         if db.schema_version is None:
             report.problems.append("the booking schema is not installed (no migration history).")

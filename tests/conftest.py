@@ -1,13 +1,20 @@
-"""Test harness: real PostgreSQL, real moto server, real CLI.
+"""Test harness: real PostgreSQL, real moto server, real CLI, production's roles.
 
-* ``pg_server`` — one embedded PostgreSQL 18 per test session, started by the same code as
-  ``ptool-ops local up`` (TCP on 127.0.0.1 with scram-sha-256, superuser trust on the socket).
-* ``booking_db`` / ``empty_db`` — a fresh database per test, cloned from a template that has
-  the booking migrations applied (cloning is a file copy: fast).
+* ``pg_server`` — one embedded PostgreSQL 18 per test session, set up by the same code as
+  ``ptool-ops local up`` (Neon's platform roles, the stack roles, scram over TCP).
+* ``booking_db`` / ``empty_db`` — a fresh database per test, owned by ``booking_owner`` as
+  on Neon, cloned from a template that the migration runner migrated as
+  ``booking_migrator`` (cloning is a file copy: fast). ``db.url(ROLE)`` is a login as one
+  of the privilege model's roles; ``db.connect()`` is the harness's own superuser session
+  for setting up and inspecting, never for the code under test.
 * ``moto_server`` — moto's ThreadedMotoServer on a free loopback port (S3, Secrets Manager).
 * ``cli`` — runs ``ptool-ops`` through Typer's CliRunner with a clean ``PTOOL_*`` environment.
 * ``CANARY`` — a secret value planted in settings by the suite; the session fails if any
-  test's output contained it (see ``pytest_runtest_logreport``).
+  test's output contained it (see ``pytest_runtest_logreport``); every database password
+  and the backup key of the suite count as canaries too.
+* the superuser guard — the server logs every login with its role and application_name;
+  a test fails when anything but ``local up/down/reset`` (server set-up) or the harness
+  logged in as the superuser while it ran.
 """
 
 from __future__ import annotations
@@ -15,38 +22,112 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
 from psycopg import sql
 from typer.testing import CliRunner
 
-from ptool_ops.local.env import LocalEnvironment, set_passwords
+from ptool_ops import privileges
+from ptool_ops.booking import MIGRATIONS_DIR
+from ptool_ops.local.cluster import SETUP_APPLICATION, SUPERUSER
+from ptool_ops.local.env import LocalEnvironment
 
 TEMPLATE = "ptool_test_template"
 EMPTY_TEMPLATE = "ptool_test_empty"
 CANARY = "canary-Secret-7f3a9c1e5b"
+#: application_name of the harness's own superuser sessions (set-up and inspection)
+HARNESS = "ptool-tests harness"
+OWNER = privileges.OWNER
+MIGRATOR = privileges.MIGRATOR
+BACKUP = privileges.BACKUP
 _counter = itertools.count()
+
+
+def admin_url(server: LocalEnvironment, dbname: str) -> str:
+    """The harness's superuser session on ``dbname`` (Unix socket, marked as the harness)."""
+    state = server.state()
+    return (
+        f"postgresql://{SUPERUSER}@/{dbname}?host={state.socket_dir}&port={state.port}"
+        f"&application_name={quote(HARNESS)}"
+    )
 
 
 @dataclass
 class TestDatabase:
     __test__ = False  # not a test class
     name: str
-    conninfo: str
+    admin_url: str
     server: LocalEnvironment
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.conninfo, autocommit=True, **kwargs)
+        """The harness's superuser session: for setting up and inspecting only."""
+        return psycopg.connect(self.admin_url, autocommit=True, **kwargs)
+
+    def url(self, role: str) -> str:
+        """A login as ``role`` (scram-sha-256 over 127.0.0.1): what commands use."""
+        return self.server.facts.role_url(role, self.name)
 
     def role_url(self, role: str) -> str:
-        """TCP URL with password for ``role`` (scram-sha-256 over 127.0.0.1)."""
-        return self.server.role_url(role, self.name)
+        return self.url(role)
+
+
+def create_database(server: LocalEnvironment, name: str, template: str | None = None) -> None:
+    """A database owned by booking_owner, as Neon makes them, with the template's grants."""
+    from ptool_ops import pg
+
+    with psycopg.connect(admin_url(server, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}{}").format(
+                sql.Identifier(name),
+                sql.Identifier(OWNER),
+                sql.SQL(" TEMPLATE {} STRATEGY FILE_COPY").format(sql.Identifier(template))
+                if template
+                else sql.SQL(""),
+            )
+        )
+        if template:
+            pg.copy_database_grants(conn, template, name)
+    if not template:
+        with psycopg.connect(server.facts.role_url(OWNER, name), autocommit=True) as conn:
+            for statement in privileges.database_grant_statements(name):
+                conn.execute(statement)
+
+
+def drop_database(server: LocalEnvironment, name: str) -> None:
+    with psycopg.connect(admin_url(server, "postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def reset_passwords(server: LocalEnvironment) -> None:
+    """Give every stack login the password of the local secrets again (as the owner, who
+    administers them), after a test changed one."""
+    creds = server.facts.secrets()
+    assert creds is not None
+    with psycopg.connect(server.facts.role_url(OWNER), autocommit=True) as conn:
+        for r in privileges.STACK_ROLES:
+            if r.login:
+                conn.execute(
+                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                        sql.Identifier(r.name), sql.Literal(creds.passwords[r.name])
+                    )
+                )
+
+
+def migrate(url: str) -> None:
+    """Apply the booking migrations with the migration runner (no backup point, no API)."""
+    from ptool_ops.migrate.runner import Runner, RunOptions
+
+    Runner(url, directory=MIGRATIONS_DIR, options=RunOptions(actor="tests")).up()
 
 
 @pytest.fixture(scope="session")
@@ -54,33 +135,21 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnviron
     root = tmp_path_factory.mktemp("pg") / "local"
     env = LocalEnvironment(root, archive=False)
     env.up(apply_schema=False, api=False)
-    from ptool_ops.booking.schema import apply_pending
-
-    creds = env.secrets()
+    creds = env.facts.secrets()
     assert creds is not None
-    with psycopg.connect(env.database_url("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(EMPTY_TEMPLATE)))
-    with psycopg.connect(env.database_url(TEMPLATE), autocommit=True) as conn:
-        apply_pending(conn)
-        set_passwords(conn, creds.passwords)
+    add_canaries(*creds.values())
+    create_database(env, TEMPLATE)
+    create_database(env, EMPTY_TEMPLATE)
+    migrate(env.facts.role_url(MIGRATOR, TEMPLATE))
     yield env
     env.server.stop("immediate")
 
 
 def _clone(server: LocalEnvironment, template: str) -> Iterator[TestDatabase]:
     name = f"t_{os.getpid()}_{next(_counter)}"
-    with psycopg.connect(server.database_url("postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
-    yield TestDatabase(name, server.database_url(name), server)
-    with psycopg.connect(server.database_url("postgres"), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+    create_database(server, name, template)
+    yield TestDatabase(name, admin_url(server, name), server)
+    drop_database(server, name)
 
 
 @pytest.fixture
@@ -91,6 +160,52 @@ def booking_db(pg_server: LocalEnvironment) -> Iterator[TestDatabase]:
 @pytest.fixture
 def empty_db(pg_server: LocalEnvironment) -> Iterator[TestDatabase]:
     yield from _clone(pg_server, EMPTY_TEMPLATE)
+
+
+# --- the superuser guard ---------------------------------------------------------------------
+
+_AUTHORIZED = re.compile(
+    r"connection authorized: user=(?P<user>\S+) database=(?P<db>\S+)"
+    r"(?: application_name=(?P<app>.*?))?\s*$"
+)
+
+
+def superuser_logins(log: Path, offset: int = 0) -> list[str]:
+    """Superuser logins in a server log (from ``offset``) by anything but server set-up or
+    the harness."""
+    try:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode(errors="replace")
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in text.splitlines():
+        match = _AUTHORIZED.search(line)
+        if match is None or match["user"] != SUPERUSER:
+            continue
+        app = match["app"] or ""
+        if not app.startswith((SETUP_APPLICATION, HARNESS)):
+            found.append(line.strip())
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _no_superuser_sessions(request: pytest.FixtureRequest) -> Iterator[None]:
+    if "pg_server" not in request.fixturenames:
+        yield
+        return
+    server: LocalEnvironment = request.getfixturevalue("pg_server")
+    log = server.paths.log
+    offset = log.stat().st_size if log.exists() else 0
+    yield
+    bad = superuser_logins(log, offset)
+    if bad:
+        pytest.fail(
+            f"{len(bad)} superuser login(s) by the code under test (only local up/down/reset"
+            f" may log in as {SUPERUSER}): {bad[0]}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -168,7 +283,15 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cli]:
     yield Cli(work, monkeypatch)
     local = work / ".ptool" / "local"
     if (local / "pgdata").exists():  # a test that brought the local environment up
+        from ptool_ops.local.facts import local_secret_values
+
+        add_canaries(*local_secret_values(local))
         LocalEnvironment(local).down()
+        bad = superuser_logins(local / "log" / "server.log")
+        if bad:
+            pytest.fail(
+                f"{len(bad)} superuser login(s) by the code under test: {bad[0]}", pytrace=False
+            )
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -179,6 +302,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     captured = "".join(_seen_output) + "".join(content for _, content in report.sections)
     _seen_output.clear()
-    if CANARY in captured:
-        report.outcome = "failed"
-        report.longrepr = f"the canary secret {CANARY[:6]}… appeared in the output of {item.nodeid}"
+    for canary in (CANARY, *_canaries):
+        if canary in captured:
+            report.outcome = "failed"
+            report.longrepr = (
+                f"a canary secret ({canary[:4]}…) appeared in the output of {item.nodeid}"
+            )
+            return
+
+
+#: every password of the suite's servers and the backup keys of the tests
+_canaries: set[str] = set()
+
+
+def add_canaries(*values: str) -> None:
+    _canaries.update(v for v in values if len(v) >= 8)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ptool_ops import audit
+from ptool_ops.environment import Environment
 from ptool_ops.errors import OperationFailed
 from ptool_ops.settings import load_environment
 
@@ -19,12 +20,13 @@ def test_records_success_and_failure_and_chains_them(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PTOOL_ACTOR", "ci-bot")
-    settings = load_environment()
-    with audit.record(settings, "backup.create", {"id": "b1"}) as entry:
+    env = Environment(load_environment())
+    with env.audit("backup.create", {"id": "b1"}) as entry:
         entry.details["bytes"] = 42
-    with pytest.raises(OperationFailed), audit.record(settings, "backup.restore"):
+    with pytest.raises(OperationFailed), audit.record(env.audit_sink, "backup.restore"):
         raise OperationFailed("checksum mismatch in object x.")
-    records = audit.read(audit.log_path(settings))
+    assert env.audit_sink.path == tmp_path / ".ptool" / "audit" / "local.jsonl"
+    records = audit.read(env.audit_sink.path)
     assert [(r["action"], r["outcome"]) for r in records] == [
         ("backup.create", "ok"),
         ("backup.restore", "failed"),
@@ -33,7 +35,7 @@ def test_records_success_and_failure_and_chains_them(
     assert records[1]["details"]["error"] == "checksum mismatch in object x."
     assert records[1]["actor"] == "ci-bot"
     assert records[1]["prev"] == records[0]["hash"]
-    assert audit.verify(audit.log_path(settings)).ok
+    assert audit.verify(env.audit_sink.path).ok
 
 
 def test_an_edited_record_breaks_the_chain(cli: Cli) -> None:

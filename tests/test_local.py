@@ -11,16 +11,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from ptool_ops import privileges
 from ptool_ops.errors import ToolMissing
-from ptool_ops.local.env import LOGIN_ROLES
 from ptool_ops.pg import bundled_bin_dir, find_tool, tool_invocation
 
-from .conftest import Cli
+from .conftest import HARNESS, Cli
 
 
 def superuser(cli: Cli) -> psycopg.Connection[tuple[object, ...]]:
-    url = cli("local url -o json").json()["url"]
-    return psycopg.connect(url, autocommit=True)
+    """The harness's own superuser session, to inspect the server a test brought up."""
+    url = cli("local url postgres -o json").json()["url"]
+    return psycopg.connect(url, autocommit=True, application_name=HARNESS)
 
 
 def test_up_seed_status_down_up_keeps_data(cli: Cli) -> None:
@@ -125,7 +126,7 @@ def test_server_is_configured_for_wal_archiving_and_password_auth(cli: Cli) -> N
     assert all(method == "scram-sha-256" for kind, _, method in rules if kind == "host")
 
     # every login role: the right password works over TCP, a wrong one does not
-    for role in LOGIN_ROLES:
+    for role in privileges.login_roles():
         password = secrets["passwords"][role]
         with psycopg.connect(
             host="127.0.0.1", port=port, user=role, password=password, dbname="booking"
@@ -138,6 +139,36 @@ def test_server_is_configured_for_wal_archiving_and_password_auth(cli: Cli) -> N
     # no password at all is refused too (no trust over TCP, even for the superuser)
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="booking")
+
+    # Neon's model: a NOLOGIN neon_superuser, the owner role a member of it, no superuser
+    with superuser(cli) as conn:
+        platform = conn.execute(
+            "SELECT rolname, rolsuper, rolcanlogin, rolcreatedb, rolcreaterole, rolreplication,"
+            " rolbypassrls FROM pg_roles WHERE rolname IN ('neon_superuser', 'booking_owner')"
+            " ORDER BY 1"
+        ).fetchall()
+        groups = conn.execute(
+            "SELECT roleid::regrole::text, admin_option FROM pg_auth_members"
+            " WHERE member = 'neon_superuser'::regrole ORDER BY 1"
+        ).fetchall()
+        owner = conn.execute(
+            "SELECT datdba::regrole::text, pg_has_role('booking_owner', 'neon_superuser',"
+            " 'MEMBER') FROM pg_database WHERE datname = 'booking'"
+        ).fetchone()
+        superusers = conn.execute("SELECT rolname FROM pg_roles WHERE rolsuper").fetchall()
+    assert platform == [
+        ("booking_owner", False, True, True, True, True, True),
+        ("neon_superuser", False, False, True, True, True, True),
+    ]
+    assert groups == [
+        ("pg_create_subscription", False),
+        ("pg_monitor", True),
+        ("pg_read_all_data", False),
+        ("pg_signal_backend", True),
+        ("pg_write_all_data", False),
+    ]
+    assert owner == ("booking_owner", True)
+    assert superusers == [("postgres",)]
 
     archive = root / "wal"
     import time

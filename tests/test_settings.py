@@ -6,12 +6,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+from pydantic import SecretStr
 
 from ptool_ops.console import Redactor
+from ptool_ops.environment import Environment
 from ptool_ops.errors import ConfigError
 from ptool_ops.secrets.refs import parse_ref, resolve
-from ptool_ops.settings import load_environment
-from ptool_ops.targets import database_url
+from ptool_ops.settings import EnvironmentSettings, load_environment
 
 from .conftest import CANARY
 
@@ -111,6 +112,11 @@ def test_invalid_database_url_does_not_echo_the_value(tmp_path: Path) -> None:
     assert "'database_url'" in err.value.message
 
 
+def database_url(settings: EnvironmentSettings) -> SecretStr:
+    """The operator's URL, as every command without a login of its own gets it."""
+    return Environment(settings).database("status").url
+
+
 def test_missing_database_is_one_clear_sentence(tmp_path: Path) -> None:
     write(tmp_path, "[environments.prod]\n")
     with pytest.raises(ConfigError) as err:
@@ -134,13 +140,12 @@ def test_secrets_are_secretstr_and_hidden_in_describe(
 
 def test_secret_reference_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DB_URL_FOR_TEST", "postgresql://a:b@h/d")
-    settings = load_environment()
-    assert resolve(parse_ref("env:DB_URL_FOR_TEST"), settings).get_secret_value().endswith("/d")
+    assert resolve(parse_ref("env:DB_URL_FOR_TEST")).get_secret_value().endswith("/d")
     secret_file = tmp_path / "db-url"
     secret_file.write_text("postgresql://a:b@h/e\n")
-    assert resolve(parse_ref(f"file:{secret_file}"), settings).get_secret_value().endswith("/e")
+    assert resolve(parse_ref(f"file:{secret_file}")).get_secret_value().endswith("/e")
     with pytest.raises(ConfigError, match="variable NOPE_NOT_SET is missing"):
-        resolve(parse_ref("env:NOPE_NOT_SET"), settings)
+        resolve(parse_ref("env:NOPE_NOT_SET"))
 
 
 def test_bad_secret_reference_is_a_config_error(tmp_path: Path) -> None:

@@ -2,8 +2,9 @@
 
 The fixed sequence (each step named in errors):
 
-1. preflight — server facts and a pg_dump that fits (major ≥ server's, TLS for remote
-   targets); the repository marker on a thread, which every object waits for before it
+1. preflight — the login's privileges (:mod:`ptool_ops.privileges`: every row of every
+   table, unfiltered), server facts and a pg_dump that fits (major ≥ server's, TLS for
+   remote targets); the repository marker on a thread, which every object waits for before it
    first touches the repository, so the dump need not wait for it;
 2. snapshot — on the same connection, a REPEATABLE READ transaction exports its snapshot,
    the start LSN and the schema version, and records per-table row estimates (and exact
@@ -27,11 +28,11 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ptool_ops import audit, pg
+from ptool_ops import pg, privileges
 from ptool_ops.backup import tools
-from ptool_ops.backup.catalog import new_id
+from ptool_ops.backup.listing import new_id
 from ptool_ops.backup.models import (
     BackupManifest,
     CreateResult,
@@ -43,7 +44,9 @@ from ptool_ops.errors import OperationFailed, PtoolError
 from ptool_ops.repo.manifest import ObjectEntry
 from ptool_ops.repo.repository import Repository
 from ptool_ops.repo.storage import close_stream
-from ptool_ops.settings import EnvironmentSettings
+
+if TYPE_CHECKING:
+    from ptool_ops.environment import Environment
 
 #: (stage, raw bytes dumped, estimated total)
 Progress = Callable[[str, int, int], None]
@@ -159,7 +162,7 @@ class _Meter:
 
 
 def create(
-    settings: EnvironmentSettings,
+    env: Environment,
     *,
     progress: Progress | None = None,
     exact_counts: bool = True,
@@ -167,18 +170,14 @@ def create(
     split_bytes: int = SPLIT_TABLE_BYTES,
 ) -> CreateResult:
     """Take a logical backup of the environment's database into its repository."""
-    from ptool_ops.booking.schema import schema_version
-    from ptool_ops.repo import for_settings
-    from ptool_ops.targets import database_url
+    from ptool_ops.migrate.history import schema_version
 
-    repo = for_settings(settings)
-    url = database_url(settings)
+    repo = env.repository()
+    url = env.database("backup.create").url
     backup_id = new_id()
     report: Progress = progress or (lambda stage, done, total: None)
     step = "preflight"
-    with audit.record(
-        settings, "backup.create", {"backup_id": backup_id, "repository": repo.url}
-    ) as entry:
+    with env.audit("backup.create", {"backup_id": backup_id, "repository": repo.url}) as entry:
         try:
             started = datetime.now(UTC)
             clock = time.monotonic()
@@ -189,13 +188,14 @@ def create(
             counter: threading.Thread | None = None
             counter_errors: list[BaseException] = []
             try:
+                privileges.require(snap, "backup.create")
                 facts = pg.server_facts(snap)
                 snap.rollback()
                 tool = pg.find_tool(
                     "pg_dump",
                     server_major=facts.major,
                     need_tls=pg.needs_tls(url),
-                    pg_bin_dir=settings.pg_bin_dir,
+                    pg_bin_dir=env.pg_bin_dir,
                 )
 
                 step = "exporting the snapshot"
@@ -297,7 +297,7 @@ def create(
             repo_ready.wait()  # passed already: every object waited for it
             manifest = BackupManifest(
                 id=backup_id,
-                environment=settings.name,
+                environment=env.name,
                 started_at=started,
                 finished_at=datetime.now(UTC),
                 tool_version=_ptool_version(),

@@ -9,12 +9,15 @@ missing objects. Orphans and unfinished uploads are only touched once older than
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
-from ptool_ops import audit
-from ptool_ops.backup.catalog import backup_ids_with_objects, manifests, verified_at
+from ptool_ops.backup.listing import backup_ids_with_objects, manifests, verified_at
 from ptool_ops.backup.models import PruneResult, backup_dir, manifest_key
 from ptool_ops.backup.retention import Candidate, Policy, decide
 from ptool_ops.settings import EnvironmentSettings
+
+if TYPE_CHECKING:
+    from ptool_ops.environment import Environment
 
 DEFAULT_ORPHAN_AGE = timedelta(hours=1)
 
@@ -29,17 +32,15 @@ def policy_for(settings: EnvironmentSettings) -> Policy:
 
 
 def prune(
-    settings: EnvironmentSettings,
+    env: Environment,
     *,
     policy: Policy | None = None,
     dry_run: bool = False,
     orphan_age: timedelta = DEFAULT_ORPHAN_AGE,
     now: datetime | None = None,
 ) -> PruneResult:
-    from ptool_ops.repo import for_settings
-
-    repo = for_settings(settings)
-    policy = policy or policy_for(settings)
+    repo = env.repository()
+    policy = policy or policy_for(env.settings)
     cutoff = (now or datetime.now(UTC)) - orphan_age
     complete = manifests(repo)
     candidates = [
@@ -66,8 +67,7 @@ def prune(
     )
     if dry_run:
         return result
-    with audit.record(
-        settings,
+    with env.audit(
         "backup.prune",
         {
             "deleted": [d.id for d in result.deleted],

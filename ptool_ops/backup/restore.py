@@ -8,7 +8,7 @@ created, so nothing changes.
 Steps: check-key → checksums → create-database → restore-data (pg_restore from the streams)
 → restore-post-data (indexes and constraints) → validate (invariants, row counts against the
 manifest) → swap (in place only). The middle three run as one schedule on ``jobs`` workers
-(:mod:`ptool_ops.backup.schedule`): a table's indexes are built, and its rows counted, as
+(:mod:`ptool_ops.backup.restore_plan`): a table's indexes are built, and its rows counted, as
 soon as its rows are in, while other tables still load — as ``pg_restore -j N`` does.
 """
 
@@ -21,18 +21,20 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from ptool_ops import audit, pg
-from ptool_ops.backup import schedule, tools
-from ptool_ops.backup.catalog import resolve
+from ptool_ops import pg, privileges
+from ptool_ops.backup import restore_plan, tools
+from ptool_ops.backup.listing import resolve
 from ptool_ops.backup.models import BackupManifest, RestoreResult, Step, TableInfo
 from ptool_ops.errors import Conflict, ManualActionRequired, OperationFailed, PtoolError
 from ptool_ops.repo.manifest import ObjectEntry
 from ptool_ops.repo.repository import Repository
-from ptool_ops.settings import EnvironmentSettings
+
+if TYPE_CHECKING:
+    from ptool_ops.environment import Environment
 
 #: (stage, done bytes, total bytes)
 Progress = Callable[[str, int, int], None]
@@ -133,6 +135,8 @@ def _step(steps: list[Step], name: str) -> Iterator[Step]:
 
 
 def create_database(url: SecretStr, name: str) -> None:
+    """Create ``name`` with the database-level grants of the login's database (the roles
+    that may connect to, and create in, the current one may do so in the restored one)."""
     from psycopg import errors, sql
 
     with pg.connect(url) as conn:
@@ -143,6 +147,11 @@ def create_database(url: SecretStr, name: str) -> None:
                 f"database {name} already exists.",
                 hint="Choose another --target-db, or drop it first.",
             ) from None
+        try:
+            pg.copy_database_grants(conn, str(conn.info.dbname), name)
+        except BaseException:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            raise
 
 
 def drop_database(url: SecretStr, name: str) -> None:
@@ -176,7 +185,7 @@ def restore_into(
     progress: Progress,
 ) -> tuple[dict[str, Any], list[str]]:
     """create-database → restore-data → restore-post-data → validate, as one schedule of
-    ``jobs`` workers (see :mod:`ptool_ops.backup.schedule`); returns the invariants and the
+    ``jobs`` workers (see :mod:`ptool_ops.backup.restore_plan`); returns the invariants and the
     row count mismatches. Drops the target on failure."""
     with pg.connect(url) as conn:
         facts = pg.server_facts(conn)
@@ -263,7 +272,7 @@ def _tasks(
     work: Path,
     jobs: int,
     progress: Progress,
-) -> tuple[list[schedule.Task], _Outcome, threading.Event]:
+) -> tuple[list[restore_plan.Task], _Outcome, threading.Event]:
     """The restore as tasks: load the data object, then each big table's stream, build
     the post-data entries per table as their rows arrive, validate as soon as possible."""
     from ptool_ops.booking.invariants import CHECKS, SCHEMA
@@ -301,19 +310,19 @@ def _tasks(
     with archive.open("wb") as handle:
         for chunk in repo.read_object(entry(manifest, "post-data")):
             handle.write(chunk)
-    post = schedule.split_post_data(
+    post = restore_plan.split_post_data(
         tools.describe(tool, ["--list", str(archive)]),
         tools.describe(tool, ["--file=-", str(archive)]),
         set(sizes) | set(streams),
     )
 
-    tasks = [schedule.Task(schedule.DATA, "restore-data", run=load(data))]
-    loads = schedule.load_tasks({t: o.raw_size for t, o in streams.items()}, post, sizes)
-    objects = {schedule.load_name(t): o for t, o in streams.items()}
+    tasks = [restore_plan.Task(restore_plan.DATA, "restore-data", run=load(data))]
+    loads = restore_plan.load_tasks({t: o.raw_size for t, o in streams.items()}, post, sizes)
+    objects = {restore_plan.load_name(t): o for t, o in streams.items()}
     for task in loads:
         task.run = load(objects[task.name])
     tasks += loads
-    posts = schedule.post_tasks(post, set(streams), sizes)
+    posts = restore_plan.post_tasks(post, set(streams), sizes)
     started = threading.Event()
 
     def build(args: list[str]) -> Callable[[], None]:
@@ -326,7 +335,7 @@ def _tasks(
         return run
 
     for n, task in enumerate(posts):
-        if task.name == schedule.REST:
+        if task.name == restore_plan.REST:
             args = [f"--jobs={jobs}"]
             if not post.whole:
                 listed = work / "rest.list"
@@ -342,21 +351,23 @@ def _tasks(
     # validation: row counts once a table's rows are in, each row-only invariant once the
     # rows it reads are in, the catalog invariants at the very end
     outcome = _Outcome(manifest.tables)
-    every = {t: schedule.ACCESS_SHARE for t in sizes}
+    every = {t: restore_plan.ACCESS_SHARE for t in sizes}
 
     def loaded(tables: set[str]) -> frozenset[str]:
-        return frozenset({schedule.DATA, *(schedule.load_name(t) for t in tables & set(streams))})
+        return frozenset(
+            {restore_plan.DATA, *(restore_plan.load_name(t) for t in tables & set(streams))}
+        )
 
     for info in manifest.tables:
         if info.rows is None:
             continue
         name = f"{info.schema_name}.{info.name}"
         tasks.append(
-            schedule.Task(
+            restore_plan.Task(
                 f"count:{name}",
                 "validate",
-                frozenset({schedule.load_name(name) if name in streams else schedule.DATA}),
-                {name: schedule.ACCESS_SHARE},
+                frozenset({restore_plan.load_name(name) if name in streams else restore_plan.DATA}),
+                {name: restore_plan.ACCESS_SHARE},
                 (2, 0, -info.bytes),
                 run=_counter(target_url, info, outcome),
             )
@@ -369,18 +380,18 @@ def _tasks(
         if check.name == "tenant_rows_exist" or not reads <= set(sizes):
             reads = {t for t in sizes if t.startswith(f"{SCHEMA}.")} or set(sizes)
         tasks.append(
-            schedule.Task(
+            restore_plan.Task(
                 f"check:{check.name}",
                 "validate",
                 loaded(reads),
-                dict.fromkeys(reads, schedule.ACCESS_SHARE),
+                dict.fromkeys(reads, restore_plan.ACCESS_SHARE),
                 (3, n, 0),
                 run=_checker(target_url, [check.name], outcome),
             )
         )
     if late:
         tasks.append(
-            schedule.Task(
+            restore_plan.Task(
                 "check:catalog",
                 "validate",
                 loaded(set(streams)) | {t.name for t in posts},
@@ -394,7 +405,7 @@ def _tasks(
 
 
 def _run_schedule(
-    tasks: list[schedule.Task], steps: list[Step], jobs: int, stop: threading.Event
+    tasks: list[restore_plan.Task], steps: list[Step], jobs: int, stop: threading.Event
 ) -> None:
     """Run ``tasks`` on ``jobs`` workers; each plan step's time runs from its first task's
     start to its last task's end (steps overlap). The first failure stops the streams,
@@ -402,22 +413,22 @@ def _run_schedule(
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     pending = list(tasks)
-    running: dict[Future[None], schedule.Task] = {}
+    running: dict[Future[None], restore_plan.Task] = {}
     done: set[str] = set()
     first: dict[str, float] = {}
     last: dict[str, float] = {}
 
-    def timed(task: schedule.Task) -> None:
+    def timed(task: restore_plan.Task) -> None:
         assert task.run is not None
         first.setdefault(task.step, time.monotonic())
         task.run()
 
     pool = ThreadPoolExecutor(max(jobs, 1), thread_name_prefix="restore")
-    failed: schedule.Task | None = None
+    failed: restore_plan.Task | None = None
     try:
         while pending or running:
             while len(running) < max(jobs, 1):
-                task = schedule.pick(pending, running.values(), done)
+                task = restore_plan.pick(pending, running.values(), done)
                 if task is None:
                     break
                 pending.remove(task)
@@ -510,7 +521,7 @@ def swap(url: SecretStr, current: str, restored: str, keep_as: str) -> None:
 
 
 def restore(
-    settings: EnvironmentSettings,
+    env: Environment,
     backup_id: str,
     *,
     target_db: str | None = None,
@@ -520,19 +531,17 @@ def restore(
     progress: Progress | None = None,
 ) -> RestoreResult:
     """Restore a backup into a new database (default) or in place of the current one."""
-    from ptool_ops.repo import for_settings
-    from ptool_ops.targets import database_url
-
     report: Progress = progress or (lambda stage, done, total: None)
-    repo = for_settings(settings)
-    manifest = resolve(repo, backup_id)
-    url = database_url(settings)
-    current = str(pg._params(url).get("dbname") or manifest.database)
     if in_place and target_db:
         raise OperationFailed(
             "--in-place and --target-db exclude each other.",
             hint="Use --in-place to replace the environment's database, or --target-db NAME.",
         )
+    repo = env.repository()
+    manifest = resolve(repo, backup_id)
+    duty = "backup.restore_in_place" if in_place else "backup.restore"
+    url = env.database(duty).url
+    current = str(pg._params(url).get("dbname") or manifest.database)
     target = (
         default_target(manifest, "restoring") if in_place else target_db or default_target(manifest)
     )
@@ -540,14 +549,15 @@ def restore(
     result = RestoreResult(manifest.id, current if in_place else target, in_place, dry_run, steps)
     if dry_run:
         return result
+    with pg.connect(url) as conn:
+        privileges.require(conn, duty)
     clock = time.monotonic()
-    with audit.record(
-        settings,
+    with env.audit(
         "backup.restore",
         {"backup_id": manifest.id, "target": result.target_database, "in_place": in_place},
     ) as record:
         try:
-            _run(repo, manifest, url, target, current, result, jobs, report, settings.pg_bin_dir)
+            _run(repo, manifest, url, target, current, result, jobs, report, env.pg_bin_dir)
         except ManualActionRequired:
             raise
         except PtoolError as err:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from ptool_ops import audit
-from ptool_ops.backup.catalog import resolve
+from ptool_ops import privileges
+from ptool_ops.backup.listing import resolve
 from ptool_ops.backup.models import ObjectCheck, VerifyResult, verified_key
 from ptool_ops.backup.restore import (
     default_target,
@@ -18,13 +19,15 @@ from ptool_ops.backup.restore import (
     restore_into,
 )
 from ptool_ops.repo.errors import CorruptObject
-from ptool_ops.settings import EnvironmentSettings
+
+if TYPE_CHECKING:
+    from ptool_ops.environment import Environment
 
 Progress = Callable[[str, int, int], None]
 
 
 def verify(
-    settings: EnvironmentSettings,
+    env: Environment,
     backup_id: str,
     *,
     restore: bool = False,
@@ -33,18 +36,14 @@ def verify(
 ) -> VerifyResult:
     """Check a backup; problems are reported in the result (``ok`` false), not raised.
     A wrong key or an unreachable repository raises: the check could not run."""
-    from ptool_ops.repo import for_settings
-
     report: Progress = progress or (lambda stage, done, total: None)
     clock = time.monotonic()
-    repo = for_settings(settings)
+    repo = env.repository()
     manifest = resolve(repo, backup_id)
     for item in manifest.objects:
         repo.check_key(item)
     result = VerifyResult(manifest.id, True, [])
-    with audit.record(
-        settings, "backup.verify", {"backup_id": manifest.id, "restore": restore}
-    ) as record:
+    with env.audit("backup.verify", {"backup_id": manifest.id, "restore": restore}) as record:
         total = sum(o.raw_size for o in manifest.objects)
         done = 0
         for item in manifest.objects:
@@ -60,9 +59,10 @@ def verify(
                 result.problems.append(err.message)
             done += item.raw_size
         if restore and not result.problems:
-            from ptool_ops.targets import database_url
-
-            url = database_url(settings)
+            login = env.database("backup.restore")
+            with login.connect() as conn:
+                privileges.require(conn, "backup.restore")
+            url = login.url
             scratch = default_target(manifest, "verify")
             steps = plan(manifest, scratch, in_place=False, jobs=jobs, current_db="")
             invariants, mismatches = restore_into(
@@ -72,7 +72,7 @@ def verify(
                 scratch,
                 steps,
                 jobs=jobs,
-                pg_bin_dir=settings.pg_bin_dir,
+                pg_bin_dir=env.pg_bin_dir,
                 progress=report,
             )
             drop_database(url, scratch)

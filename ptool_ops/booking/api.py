@@ -109,6 +109,10 @@ class BookingApi:
         self._attempts = attempts
         self._client = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
 
+    @property
+    def has_ops_token(self) -> bool:
+        return self._ops_token is not None
+
     def close(self) -> None:
         self._client.close()
 
@@ -430,11 +434,3 @@ def _hint_for(status: int) -> str | None:
         403: "The token is not allowed to do this.",
         503: "The API is unavailable or in maintenance mode; try again later.",
     }.get(status)
-
-
-def for_settings(settings: Any) -> BookingApi:
-    """The client of an environment's API (settings > the local stand-in)."""
-    from ptool_ops.targets import api_endpoint
-
-    url, token = api_endpoint(settings)
-    return BookingApi(url, token)

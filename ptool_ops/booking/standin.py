@@ -297,9 +297,11 @@ class Standin:
         return JSONResponse(body, status, headers=headers)
 
     async def version_info(self, request: Request) -> Response:
-        from ptool_ops.booking.schema import SCHEMA_VERSION_SQL, load_migrations
+        from ptool_ops.booking import MIGRATIONS_DIR
+        from ptool_ops.migrate.files import load_migrations
+        from ptool_ops.migrate.history import SCHEMA_VERSION_SQL
 
-        expected = load_migrations()[-1].version
+        expected = load_migrations(MIGRATIONS_DIR)[-1].version
         actual: str | None = None
         try:
             async with self.db.connection() as conn, conn.transaction():

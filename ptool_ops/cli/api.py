@@ -28,13 +28,12 @@ def smoke(
     ),
 ) -> None:
     """Health, readiness, version, a read and (not on prod) a create + cancel."""
-    from ptool_ops.booking.api import for_settings
     from ptool_ops.errors import ProblemsFound
 
     app_ctx = context.get(ctx)
-    settings = app_ctx.settings
-    do_write = (not settings.needs_confirmation) if write is None else write
-    with for_settings(settings) as api:
+    env = app_ctx.env
+    do_write = (not env.protected) if write is None else write
+    with env.api() as api:
         report = api.smoke(write=do_write)
     app_ctx.output.result(report, lambda out: _render_smoke(out, report))
     if not report.ok:
@@ -60,11 +59,10 @@ def ready(
     wait: float = typer.Option(0, "--wait", min=0, help="Seconds to wait for readiness."),
 ) -> None:
     """Is the API ready (a fresh database login works)? Exit 1 when it is not."""
-    from ptool_ops.booking.api import for_settings
     from ptool_ops.errors import ProblemsFound
 
     app_ctx = context.get(ctx)
-    with for_settings(app_ctx.settings) as api:
+    with app_ctx.env.api() as api:
         state = api.wait_ready(wait) if wait else api.ready()
     app_ctx.output.result(
         state,
@@ -84,20 +82,14 @@ def maintenance_on(
     reason: str = typer.Option(..., "--reason", help="Why writes are paused (shown to callers)."),
 ) -> None:
     """Pause writes (reads keep working) until 'maintenance off'."""
-    from ptool_ops import audit
-    from ptool_ops.booking.api import for_settings
-
     app_ctx = context.get(ctx)
-    settings = app_ctx.settings
+    env = app_ctx.env
     if app_ctx.dry_run:
         app_ctx.output.result({"dry_run": True, "maintenance": True, "reason": reason}, None)
         return
-    if settings.needs_confirmation:
-        app_ctx.confirm(f"Pause all booking writes on {settings.name}")
-    with (
-        audit.record(settings, "api.maintenance.on", {"reason": reason}),
-        for_settings(settings) as api,
-    ):
+    if env.protected:
+        app_ctx.confirm(f"Pause all booking writes on {env.name}")
+    with env.audit("api.maintenance.on", {"reason": reason}), env.api() as api:
         state = api.set_maintenance(True, reason)
     app_ctx.output.result(
         state, lambda out: out.print("[yellow]maintenance on[/yellow]: writes paused")
@@ -107,17 +99,12 @@ def maintenance_on(
 @maintenance_app.command("off")
 def maintenance_off(ctx: typer.Context) -> None:
     """Resume writes."""
-    from ptool_ops import audit
-    from ptool_ops.booking.api import for_settings
-
     app_ctx = context.get(ctx)
+    env = app_ctx.env
     if app_ctx.dry_run:
         app_ctx.output.result({"dry_run": True, "maintenance": False}, None)
         return
-    with (
-        audit.record(app_ctx.settings, "api.maintenance.off"),
-        for_settings(app_ctx.settings) as api,
-    ):
+    with env.audit("api.maintenance.off"), env.api() as api:
         state = api.set_maintenance(False)
     app_ctx.output.result(state, lambda out: out.print("[green]maintenance off[/green]"))
 
@@ -125,10 +112,8 @@ def maintenance_off(ctx: typer.Context) -> None:
 @maintenance_app.command("status")
 def maintenance_status(ctx: typer.Context) -> None:
     """Is maintenance mode on, since when, and why."""
-    from ptool_ops.booking.api import for_settings
-
     app_ctx = context.get(ctx)
-    with for_settings(app_ctx.settings) as api:
+    with app_ctx.env.api() as api:
         state = api.maintenance_state()
     app_ctx.output.result(
         state,

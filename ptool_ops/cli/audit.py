@@ -23,7 +23,7 @@ def show(
     from ptool_ops import audit
 
     app_ctx = context.get(ctx)
-    records = audit.read(audit.log_path(app_ctx.settings))[-last:]
+    records = audit.read(app_ctx.env.audit_sink.path)[-last:]
 
     def render(out: Console) -> None:
         from rich.table import Table
@@ -45,7 +45,7 @@ def verify(ctx: typer.Context) -> None:
     from ptool_ops import audit
 
     app_ctx = context.get(ctx)
-    result = audit.require_intact(audit.log_path(app_ctx.settings))
+    result = audit.require_intact(app_ctx.env.audit_sink.path)
     app_ctx.output.result(
         result,
         lambda out: out.print(f"[green]✓[/green] {result.records} records, chain intact"),

@@ -64,22 +64,14 @@ def create(
     from ptool_ops import backup
 
     app_ctx = context.get(ctx)
+    env = app_ctx.env
     if app_ctx.dry_run:
-        from ptool_ops.repo import repo_url
-
         app_ctx.output.result(
-            {
-                "dry_run": True,
-                "environment": app_ctx.settings.name,
-                "repository": repo_url(app_ctx.settings),
-            },
-            None,
+            {"dry_run": True, "environment": env.name, "repository": env.repo_url}, None
         )
         return
     with _byte_progress(app_ctx, "dumping") as progress:
-        result = backup.create(
-            app_ctx.settings, progress=progress, exact_counts=row_counts, jobs=jobs
-        )
+        result = backup.create(env, progress=progress, exact_counts=row_counts, jobs=jobs)
 
     def render(out: Console) -> None:
         lock = " (encrypted)" if result.encrypted else ""
@@ -99,7 +91,7 @@ def list_(ctx: typer.Context) -> None:
     from ptool_ops import backup
 
     app_ctx = context.get(ctx)
-    rows = backup.list_backups(app_ctx.settings)
+    rows = backup.list_backups(app_ctx.env)
 
     def render(out: Console) -> None:
         from rich.table import Table
@@ -129,7 +121,7 @@ def show(ctx: typer.Context, backup_id: str = BACKUP_ID) -> None:
     from ptool_ops import backup
 
     app_ctx = context.get(ctx)
-    manifest = backup.show(app_ctx.settings, backup_id)
+    manifest = backup.show(app_ctx.env, backup_id)
     data = manifest.model_dump(mode="json")
 
     def render(out: Console) -> None:
@@ -173,7 +165,7 @@ def verify(
     app_ctx = context.get(ctx)
     with _byte_progress(app_ctx, "verifying") as progress:
         result = backup.verify(
-            app_ctx.settings, backup_id, restore=restore, jobs=jobs, progress=progress
+            app_ctx.env, backup_id, restore=restore, jobs=jobs, progress=progress
         )
 
     def render(out: Console) -> None:
@@ -214,15 +206,14 @@ def restore(
     from ptool_ops import backup
 
     app_ctx = context.get(ctx)
-    settings = app_ctx.settings
-    if in_place and not app_ctx.dry_run and settings.needs_confirmation:
+    env = app_ctx.env
+    if in_place and not app_ctx.dry_run and env.protected:
         app_ctx.confirm(
-            f"Replace the database of protected environment {settings.name!r} with backup "
-            f"{backup_id}"
+            f"Replace the database of protected environment {env.name!r} with backup {backup_id}"
         )
     with _byte_progress(app_ctx, "restoring") as progress:
         result = backup.restore(
-            settings,
+            env,
             backup_id,
             target_db=target_db,
             in_place=in_place,
@@ -277,18 +268,18 @@ def prune(
     from ptool_ops.backup.prune import prune as run_prune
 
     app_ctx = context.get(ctx)
-    settings = app_ctx.settings
-    base = policy_for(settings)
+    env = app_ctx.env
+    base = policy_for(env.settings)
     policy = type(base)(
         keep_last=base.keep_last if keep_last is None else keep_last,
         keep_daily=base.keep_daily if keep_daily is None else keep_daily,
         keep_weekly=base.keep_weekly if keep_weekly is None else keep_weekly,
         keep_monthly=base.keep_monthly if keep_monthly is None else keep_monthly,
     )
-    if not app_ctx.dry_run and settings.needs_confirmation:
-        app_ctx.confirm(f"Delete backups of protected environment {settings.name!r} by policy")
+    if not app_ctx.dry_run and env.protected:
+        app_ctx.confirm(f"Delete backups of protected environment {env.name!r} by policy")
     result = run_prune(
-        settings,
+        env,
         policy=policy,
         dry_run=app_ctx.dry_run,
         orphan_age=timedelta(minutes=orphan_minutes),

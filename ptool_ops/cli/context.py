@@ -12,6 +12,7 @@ from ptool_ops.console import Output, Redactor
 from ptool_ops.errors import PtoolError, Refused
 
 if TYPE_CHECKING:
+    from ptool_ops.environment import Environment
     from ptool_ops.settings import EnvironmentSettings
 
 
@@ -26,6 +27,7 @@ class AppContext:
     debug: bool = False
     overrides: dict[str, Any] = field(default_factory=dict)
     _settings: EnvironmentSettings | None = None
+    _env: Environment | None = None
 
     @property
     def settings(self) -> EnvironmentSettings:
@@ -36,11 +38,21 @@ class AppContext:
             settings = load_environment(self.env_name, overrides=self.overrides)
             self.redactor.add(*settings.secret_values())
             if settings.is_local:
-                from ptool_ops.local.env import local_secret_values
+                from ptool_ops.local.facts import local_secret_values
 
                 self.redactor.add(*local_secret_values(settings.local_dir))
             self._settings = settings
         return self._settings
+
+    @property
+    def env(self) -> Environment:
+        """The environment the command acts on, built once; every secret it resolves is
+        added to the redactor before anything can print it."""
+        if self._env is None:
+            from ptool_ops.environment import Environment
+
+            self._env = Environment(self.settings, on_secret=self.redactor.add)
+        return self._env
 
     def fail(self, err: PtoolError) -> NoReturn:
         """End a command whose result was already shown: its sentence for people, its code.

@@ -51,7 +51,7 @@ def up(
         app_ctx.output.result({"dry_run": True, "plan": plan}, None)
         return
     result = env.up(port=port or app_ctx.settings.local_port)
-    creds = env.secrets()
+    creds = env.facts.secrets()
     app_ctx.redactor.add(*(creds.values() if creds else []))
 
     def render(out: Console) -> None:
@@ -65,7 +65,7 @@ def up(
             f"  database {result.database}, schema version {result.schema_version} "
             f"(applied: {applied})"
         )
-        out.print(f"  connect: PGPASSFILE={env.paths.pgpass} psql '{result.urls['booking_app_a']}'")
+        out.print(f"  connect: PGPASSFILE={env.paths.pgpass} psql '{result.urls['booking_owner']}'")
         if result.api_url:
             verb = "started" if result.api_started else "already running"
             out.print(f"[green]✓[/green] local booking API {verb} at {result.api_url}")
@@ -96,7 +96,7 @@ def down(ctx: typer.Context) -> None:
 def local_status(ctx: typer.Context) -> None:
     """Is the local server initialised and running, where, and on which port."""
     app_ctx = context.get(ctx)
-    status = _local(app_ctx).status()
+    status = _local(app_ctx).facts.status()
 
     def render(out: Console) -> None:
         server = status.server
@@ -137,24 +137,30 @@ def reset(ctx: typer.Context) -> None:
 @app.command()
 def url(
     ctx: typer.Context,
-    role: str = typer.Argument("postgres", help="Role to connect as."),
+    role: str = typer.Argument(
+        "booking_owner",
+        help="Role to connect as: booking_owner (the operator), booking_migrator,"
+        " booking_backup, booking_readonly, booking_app_a/_b; postgres is the server's"
+        " superuser, for server set-up only.",
+    ),
 ) -> None:
     """Print a connection URL for a role (passwords live in the pgpass file, not the URL)."""
     from ptool_ops.errors import ConfigError
-    from ptool_ops.local.env import require_running
 
     app_ctx = context.get(ctx)
-    env = _local(app_ctx)
-    require_running(env)
-    urls = env.urls()
+    facts = _local(app_ctx).facts
+    facts.require_running()
+    urls = facts.urls()
     if role not in urls:
         raise ConfigError(f"unknown role {role!r}; choose one of {', '.join(urls)}.")
-    data = {"role": role, "url": urls[role], "pgpassfile": str(env.paths.pgpass)}
+    data = {"role": role, "url": urls[role], "pgpassfile": str(facts.paths.pgpass)}
 
     def render(out: Console) -> None:
         out.print(urls[role])
         if role != "postgres":
-            out.print(f"[dim]password: PGPASSFILE={env.paths.pgpass}[/dim]")
+            out.print(f"[dim]password: PGPASSFILE={facts.paths.pgpass}[/dim]")
+        else:
+            out.print("[dim]the superuser: server set-up only (local up/down/reset)[/dim]")
 
     app_ctx.output.result(data, render)
 
@@ -167,20 +173,19 @@ def seed(
     rng_seed: int = typer.Option(42, "--seed", help="Random seed (same seed, same data)."),
 ) -> None:
     """Add realistic, invariant-respecting data fast (COPY)."""
-    from ptool_ops import pg
+    from ptool_ops import privileges
     from ptool_ops.booking.seed import seed as run_seed
-    from ptool_ops.local.env import require_running
 
     app_ctx = context.get(ctx)
-    env = _local(app_ctx)
-    require_running(env)
+    _local(app_ctx).facts.require_running()
     if app_ctx.dry_run:
         app_ctx.output.result({"dry_run": True, "tenants": tenants, "bookings": bookings}, None)
         return
     with (
         app_ctx.output.progress("seeding", total=bookings) as bar,
-        pg.connect(env.database_url()) as conn,
+        app_ctx.env.database("local.seed").connect() as conn,
     ):
+        privileges.require(conn, "local.seed")
 
         def progress(stage: str, done: int, total: int) -> None:
             bar.update(done, total=total, description=stage)

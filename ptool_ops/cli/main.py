@@ -21,6 +21,7 @@ from ptool_ops.cli import api as api_cli
 from ptool_ops.cli import audit as audit_cli
 from ptool_ops.cli import backup as backup_cli
 from ptool_ops.cli import config as config_cli
+from ptool_ops.cli import doctor as doctor_cli
 from ptool_ops.cli import local as local_cli
 from ptool_ops.cli import migrate as migrate_cli
 from ptool_ops.cli import status as status_cli
@@ -75,7 +76,7 @@ class RootGroup(TyperGroup):
             )
             raise Exit(EXIT_INTERRUPTED) from None
         except Exception as err:
-            translated = _translate(err)
+            translated = _translate(err, ctx.find_root().obj)
             if translated is not None:
                 _report(ctx, translated)
                 raise Exit(translated.exit_code) from None
@@ -89,9 +90,30 @@ class RootGroup(TyperGroup):
             raise Exit(EXIT_INTERNAL) from None
 
 
-def _translate(err: Exception) -> PtoolError | None:
-    """Failures of the outside world that reach us unwrapped (a dropped connection, ...)."""
+def _translate(err: Exception, app: object = None) -> PtoolError | None:
+    """Failures of the outside world that reach us unwrapped (a dropped connection, a
+    statement refused for a privilege no preflight check knew of, ...)."""
     psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(err, psycopg.errors.InsufficientPrivilege):
+        from ptool_ops.errors import PermissionDenied
+        from ptool_ops.pg import _first_line
+
+        # a query error does not say which login it came from: name the command's logins
+        env = getattr(app, "_env", None)
+        users = list(getattr(env, "login_users", None) or [])
+        who = (
+            f"role {users[0]}"
+            if len(users) == 1
+            else f"one of the roles {', '.join(users)}"
+            if users
+            else "the database login"
+        )
+        return PermissionDenied(
+            f"{who} was refused: {_first_line(err.diag.message_primary or str(err))}"
+            " (SQLSTATE 42501).",
+            hint="Use the role the privilege model names for this command, or grant what is"
+            " missing; 'ptool-ops doctor' shows what every configured role can do.",
+        )
     if psycopg is not None and isinstance(err, psycopg.OperationalError):
         from ptool_ops.errors import DatabaseUnavailable
         from ptool_ops.pg import _first_line
@@ -135,6 +157,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(backup_cli.app, name="backup")
 app.add_typer(migrate_cli.app, name="migrate")
 app.command("status")(status_cli.status)
+app.command("doctor")(doctor_cli.doctor)
 
 
 def _version(value: bool) -> None:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
     from ptool_ops.cli.context import AppContext
     from ptool_ops.migrate.lint import Finding, LintReport
-    from ptool_ops.migrate.runner import Plan, Runner, RunResult
+    from ptool_ops.migrate.planning import Plan
+    from ptool_ops.migrate.runner import Runner, RunResult
 
 app = typer.Typer(
     help="Safe schema migrations: status, plan, lint, test, up, down, verify, new, repair."
@@ -34,7 +35,7 @@ class LintFormat(enum.StrEnum):
 
 def default_migrations_dir() -> Path:
     """The booking service's migrations shipped in the package (one definition of it)."""
-    from ptool_ops.booking.schema import MIGRATIONS_DIR
+    from ptool_ops.booking import MIGRATIONS_DIR
 
     return MIGRATIONS_DIR
 
@@ -176,10 +177,10 @@ def _runner(
 ) -> Runner:
     from rich.markup import escape
 
-    from ptool_ops.migrate.runner import runner_for
+    from ptool_ops.migrate.service import runner_for
 
     return runner_for(
-        app_ctx.settings,
+        app_ctx.env,
         directory=_directory(app_ctx, directory),
         take_backup=take_backup,
         check_api=check_api,
@@ -302,17 +303,6 @@ def _render_run(out: Console, result: RunResult) -> None:
         )
 
 
-def _protect_backup(app_ctx: AppContext, no_backup_point: bool) -> None:
-    from ptool_ops.errors import Refused
-
-    if no_backup_point and app_ctx.settings.needs_confirmation:
-        raise Refused(
-            f"environment {app_ctx.settings.name!r} is protected: migrations there always take"
-            " a backup point.",
-            hint="Drop --no-backup-point.",
-        )
-
-
 NO_BACKUP = typer.Option(
     False,
     "--no-backup-point",
@@ -329,16 +319,13 @@ def up(
 ) -> None:
     """Lint, take a backup point, apply pending migrations with verify + invariants, check
     the API; roll back on any failure. --dry-run shows the plan."""
-    from ptool_ops import audit
-
     app_ctx = context.get(ctx)
+    env = app_ctx.env
     runner = _runner(app_ctx, directory, take_backup=not no_backup_point)
     if app_ctx.dry_run:
         _show_plan(app_ctx, runner)
         return
-    _protect_backup(app_ctx, no_backup_point)
-    settings = app_ctx.settings
-    if settings.needs_confirmation:
+    if env.protected:
         pending = [s.label for s in runner.status().pending if to is None or s.version <= to]
         if not pending:
             app_ctx.output.result(
@@ -346,10 +333,8 @@ def up(
                 lambda out: out.print("[green]✓[/green] nothing to apply"),
             )
             return
-        app_ctx.confirm(f"Apply {', '.join(pending)} to {settings.name!r}")
-    with audit.record(
-        settings, "migrate.up", {"directory": str(runner.directory), "to": to}
-    ) as entry:
+        app_ctx.confirm(f"Apply {', '.join(pending)} to {env.name!r}")
+    with env.audit("migrate.up", {"directory": str(runner.directory), "to": to}) as entry:
         result = runner.up(to=to)
         entry.details.update(
             {
@@ -372,9 +357,8 @@ def down(
     no_backup_point: bool = NO_BACKUP,
 ) -> None:
     """Revert the last applied migration(s) with their down scripts (after a backup point)."""
-    from ptool_ops import audit
-
     app_ctx = context.get(ctx)
+    env = app_ctx.env
     runner = _runner(app_ctx, directory, take_backup=not no_backup_point)
     report = runner.status()
     applied = [s for s in report.migrations if s.state.value != "pending"]
@@ -388,14 +372,12 @@ def down(
             ),
         )
         return
-    _protect_backup(app_ctx, no_backup_point)
-    settings = app_ctx.settings
     app_ctx.confirm(
-        f"Revert {', '.join(s.label for s in reversed(targets))} on {settings.name!r}"
+        f"Revert {', '.join(s.label for s in reversed(targets))} on {env.name!r}"
         " (their down scripts may drop data)"
     )
-    with audit.record(
-        settings, "migrate.down", {"directory": str(runner.directory), "steps": steps, "to": to}
+    with env.audit(
+        "migrate.down", {"directory": str(runner.directory), "steps": steps, "to": to}
     ) as entry:
         result = runner.down(steps=steps, to=to)
         entry.details.update(
@@ -475,7 +457,6 @@ def repair(
     directory: Path | None = DIR_OPTION,
 ) -> None:
     """Record an operator's decision on drift: --accept the files or --forget the row."""
-    from ptool_ops import audit
     from ptool_ops.errors import ConfigError
 
     app_ctx = context.get(ctx)
@@ -483,17 +464,17 @@ def repair(
         raise ConfigError("repair needs exactly one of --accept and --forget.")
     action = RepairAction.accept if accept else RepairAction.forget
     runner = _runner(app_ctx, directory)
-    settings = app_ctx.settings
+    env = app_ctx.env
     if app_ctx.dry_run:
         app_ctx.output.result(
             {"dry_run": True, "version": version, "action": action.value},
             lambda out: out.print(f"would {action.value} migration {version}"),
         )
         return
-    if settings.needs_confirmation:
-        app_ctx.confirm(f"Record '{action.value}' for migration {version} on {settings.name!r}")
-    with audit.record(
-        settings, "migrate.repair", {"version": version, "action": action.value, "reason": reason}
+    if env.protected:
+        app_ctx.confirm(f"Record '{action.value}' for migration {version} on {env.name!r}")
+    with env.audit(
+        "migrate.repair", {"version": version, "action": action.value, "reason": reason}
     ):
         result = runner.repair(version, action=action.value, reason=reason)
     app_ctx.output.result(
@@ -526,18 +507,17 @@ def test_(
     from rich.markup import escape
 
     from ptool_ops.errors import ProblemsFound
+    from ptool_ops.migrate.service import options_for
     from ptool_ops.migrate.testing import run_migration_tests
-    from ptool_ops.targets import database_url
 
     app_ctx = context.get(ctx)
-    settings = app_ctx.settings
-    runner = _runner(app_ctx, directory, take_backup=False, check_api=False)
+    env = app_ctx.env
     report = run_migration_tests(
-        database_url(settings),
-        directory=runner.directory,
-        options=runner.options,
+        env.database("migrate.test").url,
+        directory=_directory(app_ctx, directory),
+        options=options_for(env),
         source=source.value,
-        pg_bin_dir=settings.pg_bin_dir,
+        pg_bin_dir=env.pg_bin_dir,
         log=lambda message: app_ctx.output.info(f"[dim]{escape(message)}[/dim]"),
     )
 

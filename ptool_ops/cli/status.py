@@ -19,7 +19,7 @@ def status(ctx: typer.Context) -> None:
     from ptool_ops.status import collect
 
     app_ctx = context.get(ctx)
-    report = collect(app_ctx.settings)
+    report = collect(app_ctx.env)
     app_ctx.output.result(report, lambda out: _render(out, report))
     if report.exit_code:
         raise typer.Exit(report.exit_code)
@@ -79,3 +79,5 @@ def _render(out: Console, report: StatusReport) -> None:
     out.print(table)
     for problem in report.problems:
         out.print(f"[red]problem:[/red] {escape(problem)}")
+    if db.hint and db.error:
+        out.print(f"[dim]hint: {escape(db.hint)}[/dim]")

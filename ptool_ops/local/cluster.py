@@ -41,6 +41,8 @@ DATABASE = "booking"
 START_TIMEOUT_S = 60
 _SOCKET_NAME_MAX = 100  # sun_path is 108 bytes on Linux; ".s.PGSQL.NNNNN" must fit too
 _CONF_FILE = "ptool.conf"
+#: application_name prefix of the superuser's sessions (server set-up: local up/down/reset)
+SETUP_APPLICATION = "ptool-ops server set-up: "
 
 
 @dataclass(frozen=True)
@@ -124,46 +126,31 @@ class LocalServer:
     # --- facts ---------------------------------------------------------------------------
 
     def read_state(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.paths.state.read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return read_saved_state(self.paths)
 
     def _write_state(self, **changes: Any) -> None:
         state = self.read_state() | changes
         _atomic_write(self.paths.state, json.dumps(state, indent=2) + "\n", mode=0o644)
 
     def state(self) -> ServerState:
-        initialised = (self.paths.pgdata / "PG_VERSION").exists()
-        major = int((self.paths.pgdata / "PG_VERSION").read_text().strip()) if initialised else None
-        pid, port, sock = _postmaster(self.paths.pgdata)
-        running = pid is not None and _alive(pid)
-        saved = self.read_state()
-        return ServerState(
-            running=running,
-            pid=pid if running else None,
-            port=port if running else saved.get("port"),
-            socket_dir=sock if running else _opt_path(saved.get("socket_dir")),
-            initialised=initialised,
-            major=major,
-        )
+        return server_state(self.paths)
 
-    def superuser_url(self, dbname: str = DATABASE) -> str:
-        """Superuser over the Unix socket (trust: the one role without a password)."""
+    def superuser_url(self, dbname: str = DATABASE, *, purpose: str = "local up") -> str:
+        """Superuser over the Unix socket (trust: the one role without a password), for
+        server set-up only: ``application_name`` says which (the suite checks it)."""
+        from urllib.parse import quote
+
         state = self.state()
         if not state.running or state.socket_dir is None or state.port is None:
             raise DatabaseUnavailable(
                 f"the local database is not running (data in {self.paths.pgdata}).",
                 hint="Start it with 'ptool-ops local up'.",
             )
-        return f"postgresql://{SUPERUSER}@/{dbname}?host={state.socket_dir}&port={state.port}"
-
-    def tcp_url(self, role: str, password: str, dbname: str = DATABASE) -> str:
-        from urllib.parse import quote
-
-        port = self.state().port
-        return f"postgresql://{quote(role)}:{quote(password, safe='')}@127.0.0.1:{port}/{dbname}"
+        name = quote(f"{SETUP_APPLICATION}{purpose}")
+        return (
+            f"postgresql://{SUPERUSER}@/{dbname}?host={state.socket_dir}&port={state.port}"
+            f"&application_name={name}"
+        )
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -332,6 +319,9 @@ class LocalServer:
             "shared_buffers = 128MB\n"
             "fsync = on\n"
             "log_line_prefix = '%m [%p] %q%u@%d '\n"
+            # every login is logged with its role and application_name: who connected as
+            # the superuser is on record (the test suite holds commands to it)
+            "log_connections = 'authorization'\n"
             "log_min_messages = warning\n"
         )
         target = self.paths.pgdata / _CONF_FILE
@@ -368,6 +358,31 @@ class LocalServer:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def server_state(paths: LocalPaths) -> ServerState:
+    """Is the cluster under ``paths`` initialised and running, on which port and socket."""
+    initialised = (paths.pgdata / "PG_VERSION").exists()
+    major = int((paths.pgdata / "PG_VERSION").read_text().strip()) if initialised else None
+    pid, port, sock = _postmaster(paths.pgdata)
+    running = pid is not None and _alive(pid)
+    saved = read_saved_state(paths)
+    return ServerState(
+        running=running,
+        pid=pid if running else None,
+        port=port if running else saved.get("port"),
+        socket_dir=sock if running else _opt_path(saved.get("socket_dir")),
+        initialised=initialised,
+        major=major,
+    )
+
+
+def read_saved_state(paths: LocalPaths) -> dict[str, Any]:
+    try:
+        data = json.loads(paths.state.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _postmaster(pgdata: Path) -> tuple[int | None, int | None, Path | None]:

@@ -21,14 +21,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from ptool_ops.errors import ConfigError
-from ptool_ops.settings import EnvironmentSettings
 
-__all__ = ["BackupKind", "BackupPlan", "BackupPoint", "choose", "take"]
+if TYPE_CHECKING:
+    from ptool_ops.environment import Environment
+
+__all__ = ["BackupKind", "BackupPlan", "BackupPoint", "EnvironmentBackupStep", "choose", "take"]
 
 
 class BackupKind(enum.StrEnum):
@@ -85,6 +87,7 @@ def archive_state(conn: psycopg.Connection[Any]) -> ArchiveState:
         "SELECT current_setting('archive_mode'), archived_count, failed_count,"
         " last_archived_time, last_failed_time,"
         " has_function_privilege('pg_create_restore_point(text)', 'EXECUTE')"
+        " AND has_function_privilege('pg_switch_wal()', 'EXECUTE')"
         " AND NOT pg_is_in_recovery()"
         " FROM pg_stat_archiver"
     ).fetchone()
@@ -92,8 +95,9 @@ def archive_state(conn: psycopg.Connection[Any]) -> ArchiveState:
     return ArchiveState(str(row[0]), int(row[1]), int(row[2]), row[3], row[4], bool(row[5]))
 
 
-def choose(settings: EnvironmentSettings, conn: psycopg.Connection[Any]) -> BackupPlan:
+def choose(env: Environment, conn: psycopg.Connection[Any]) -> BackupPlan:
     """Which backup point a run would take (reads the server, changes nothing)."""
+    settings = env.settings
     if settings.kind == "neon":
         if not settings.neon_project_id or not settings.neon_branch_id:
             raise ConfigError(
@@ -117,7 +121,8 @@ def choose(settings: EnvironmentSettings, conn: psycopg.Connection[Any]) -> Back
         if state.archive_mode not in ("on", "always")
         else "WAL archiving is not working (nothing archived or failing)"
         if not state.working
-        else "this role may not create restore points"
+        else "this role may not create restore points (EXECUTE on pg_create_restore_point"
+        " and pg_switch_wal)"
     )
     return BackupPlan(BackupKind.logical_backup, f"{why}: a logical backup (pg_dump)")
 
@@ -127,7 +132,7 @@ def _stamp() -> str:
 
 
 def take(
-    settings: EnvironmentSettings,
+    env: Environment,
     conn: psycopg.Connection[Any],
     plan: BackupPlan,
     *,
@@ -135,13 +140,12 @@ def take(
 ) -> BackupPoint:
     """Take the point ``plan`` names; ``label`` (e.g. ``up-0005``) goes into its name."""
     taken_at = datetime.now(UTC).isoformat(timespec="seconds")
-    env = settings.name
+    settings = env.settings
+    name_of_env = env.name
     if plan.kind is BackupKind.neon_branch:
-        from ptool_ops.platform.neon import NeonClient
-
         assert settings.neon_project_id and settings.neon_branch_id
         name = f"ptool-pre-migrate-{label}-{_stamp()}".lower()
-        with NeonClient.from_settings(settings) as neon:
+        with env.neon() as neon:
             created = neon.create_branch(
                 settings.neon_project_id, name=name, parent_id=settings.neon_branch_id
             )
@@ -162,18 +166,32 @@ def take(
             plan.kind,
             name,
             taken_at,
-            f"point-in-time recovery of environment {env!r} to restore point {name!r}"
+            f"point-in-time recovery of environment {name_of_env!r} to restore point {name!r}"
             f" (recovery_target_name = '{name}', LSN {lsn}) from a base backup taken"
             f" before {taken_at}",
         )
     if plan.kind is BackupKind.logical_backup:
         from ptool_ops import backup
 
-        result = backup.create(settings, exact_counts=False)
+        result = backup.create(env, exact_counts=False)
         return BackupPoint(
             plan.kind,
             result.id,
             taken_at,
-            f"ptool-ops --env {env} backup restore {result.id} --in-place",
+            f"ptool-ops --env {name_of_env} backup restore {result.id} --in-place",
         )
     raise ValueError(f"no backup point to take for plan {plan.kind.value}")
+
+
+class EnvironmentBackupStep:
+    """The runner's backup step for an environment (:class:`ptool_ops.migrate.runner.
+    BackupStep`)."""
+
+    def __init__(self, env: Environment) -> None:
+        self.env = env
+
+    def plan(self, conn: psycopg.Connection[Any]) -> BackupPlan:
+        return choose(self.env, conn)
+
+    def take(self, conn: psycopg.Connection[Any], plan: BackupPlan, label: str) -> BackupPoint:
+        return take(self.env, conn, plan, label=label)

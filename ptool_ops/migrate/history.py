@@ -1,17 +1,15 @@
 """The migration history: what was applied, with which scripts, and how the files compare.
 
-The table is the one :mod:`ptool_ops.booking.schema` creates
-(``ptool_ops.migration_history``: version, name, checksum of the up script, applied
-at/by, duration, outcome). The runner extends it compatibly with the checksums of the
-down and verify scripts, the backup point taken before the run, the run's id and an
+``ptool_ops.migration_history`` (schema ``ptool_ops``, owned by the schema owner role of
+the privilege model): version, name, checksums of the up, down and verify scripts, applied
+at/by, duration, outcome, the backup point taken before the run, the run's id and an
 operator's note (``repair``). ``outcome`` is ``applied``, ``reverted`` (rolled back by
-``down``) or ``forgotten`` (``repair --forget``); only ``applied`` rows count, so
-:func:`ptool_ops.booking.schema.schema_version` keeps working on the same table.
+``down``) or ``forgotten`` (``repair --forget``); only ``applied`` rows count.
 
-Checksums are over normalised text (:func:`ptool_ops.booking.schema.checksum`: CRLF,
-trailing whitespace and trailing blank lines do not count). A migration without a
-verify script has the verify checksum ``none``. Rows written by the minimal runner have
-no down/verify checksums; those are not compared until ``repair`` records them.
+Checksums are over normalised text (:func:`ptool_ops.migrate.files.checksum`). A migration
+without a verify script has the verify checksum ``none``. Rows written before the runner
+recorded down/verify checksums have none; those are not compared until ``repair`` records
+them.
 """
 
 from __future__ import annotations
@@ -24,15 +22,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from ptool_ops.booking.schema import (
-    HISTORY_TABLE,
-    MigrationFiles,
-    checksum,
-    ensure_history_table,
-)
+from ptool_ops.migrate.files import MigrationFiles, checksum
 
 __all__ = [
+    "HISTORY_TABLE",
     "NO_VERIFY",
+    "SCHEMA_VERSION_SQL",
     "FileChecksums",
     "HistoryRow",
     "MigrationState",
@@ -42,8 +37,30 @@ __all__ = [
     "file_checksums",
     "history_exists",
     "read_history",
+    "schema_version",
     "status",
 ]
+
+HISTORY_SCHEMA = "ptool_ops"
+HISTORY_TABLE = "ptool_ops.migration_history"
+#: the schema version: the highest version applied (a reverted one does not count). The
+#: application role may run it too (migration 0005), for the API's ``/version``.
+SCHEMA_VERSION_SQL = (
+    "SELECT max(version) FROM ptool_ops.migration_history WHERE outcome = 'applied'"
+)
+
+_HISTORY_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {HISTORY_SCHEMA};
+CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
+    version     text        PRIMARY KEY,
+    name        text        NOT NULL,
+    checksum    text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    applied_by  text        NOT NULL DEFAULT current_user,
+    duration_ms integer,
+    outcome     text        NOT NULL
+);
+"""
 
 NO_VERIFY = "none"
 
@@ -62,17 +79,27 @@ _COLUMNS = (
 )
 
 
+#: from the catalog (readable by every role, unlike to_regclass, which needs USAGE on the
+#: schema)
+_HISTORY_EXISTS = (
+    "SELECT EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n"
+    " ON n.oid = c.relnamespace WHERE n.nspname = 'ptool_ops' AND c.relname = 'migration_history')"
+)
+_EXTENDED = (
+    "SELECT count(*) FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c"
+    " ON c.oid = a.attrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = 'ptool_ops' AND c.relname = 'migration_history'"
+    " AND a.attname = 'transactional' AND NOT a.attisdropped"
+)
+
+
 def history_exists(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (HISTORY_TABLE,)).fetchone()
+    row = conn.execute(_HISTORY_EXISTS).fetchone()
     return bool(row and row[0])
 
 
 def _extended(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-        " AND attname = 'transactional' AND NOT attisdropped",
-        (HISTORY_TABLE,),
-    ).fetchone()
+    row = conn.execute(_EXTENDED).fetchone()
     return bool(row and row[0])
 
 
@@ -82,12 +109,21 @@ def ensure_history(conn: psycopg.Connection[Any]) -> None:
     with conn.transaction():
         if history_exists(conn) and _extended(conn):
             return
-        ensure_history_table(conn)
+        conn.execute(_HISTORY_DDL)
         conn.execute(
             sql.SQL("ALTER TABLE {} {}").format(
                 sql.SQL(HISTORY_TABLE), sql.SQL(", ").join(sql.SQL(c) for c in _EXTEND)
             )
         )
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> str | None:
+    """The highest applied version, or None if nothing is applied or there is no
+    history table."""
+    if not history_exists(conn):
+        return None
+    row = conn.execute(SCHEMA_VERSION_SQL).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ what goes wrong in production, and the safe rewrite.
 A file's comment header may hold directives (see ``docs/migrations.md``)::
 
     -- ptool: no-transaction
+    -- ptool: run-as login
     -- ptool: allow ban-drop-column -- reason: unused since release 41
 
 An allowed finding is still reported (``allowed=True``) but does not block ``up``.
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ptool_ops.errors import ConfigError
-from ptool_ops.migrate.locks import SqlSyntaxError, split_statements
+from ptool_ops.migrate.lock_analysis import SqlSyntaxError, split_statements
 from ptool_ops.migrate.rules import RULES, Finding, Severity
 from ptool_ops.migrate.rules_check import Checker
 
@@ -53,9 +54,11 @@ class DirectiveProblem:
 
 @dataclass
 class Directives:
-    """What a file's header says: run outside a transaction, rules allowed (with reasons)."""
+    """What a file's header says: run outside a transaction, run as the login rather than
+    the schema owner (a migration that creates roles), rules allowed (with reasons)."""
 
     no_transaction: bool = False
+    run_as_login: bool = False
     allows: dict[str, str] = field(default_factory=dict)
     allow_lines: dict[str, int] = field(default_factory=dict)
     problems: list[DirectiveProblem] = field(default_factory=list)
@@ -117,6 +120,9 @@ def parse_directives(text: str) -> Directives:
             continue
         if body.lower() == "no-transaction":
             result.no_transaction = True
+            continue
+        if re.fullmatch(r"run-as\s+login", body, re.IGNORECASE):
+            result.run_as_login = True
             continue
         allow = _ALLOW.match(body)
         if allow is None:

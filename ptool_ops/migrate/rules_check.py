@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ptool_ops.migrate.locks import (
+from ptool_ops.migrate.lock_analysis import (
     LockMode,
     Statement,
     column_rewrites,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ptool_ops.booking.schema import load_migrations
 from ptool_ops.errors import ConfigError
+from ptool_ops.migrate.files import load_migrations
 
 __all__ = ["scaffold"]
 

@@ -7,7 +7,7 @@
 2. For each pending migration, in order: catalog snapshot; ``up`` (verify and invariants
    inside, as for real); ``down``; the catalog must equal the snapshot (roles, schemas,
    relations, columns, constraints, indexes, triggers, policies, functions, types, ACLs
-   -- :mod:`ptool_ops.migrate.catalog`; the history schema is left out); ``up`` again.
+   -- :mod:`ptool_ops.migrate.snapshot`; the history schema is left out); ``up`` again.
 3. The scratch database is dropped, whatever happened.
 
 The first failure stops the test (later migrations build on the failed one).
@@ -27,10 +27,10 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
-from ptool_ops import pg
-from ptool_ops.booking.schema import HISTORY_TABLE
+from ptool_ops import pg, privileges
 from ptool_ops.errors import OperationFailed, PtoolError
 from ptool_ops.migrate import history
+from ptool_ops.migrate.history import HISTORY_TABLE
 from ptool_ops.migrate.runner import Runner, RunOptions
 
 __all__ = ["MigrationTest", "TestReport", "run_migration_tests"]
@@ -144,12 +144,13 @@ def run_migration_tests(
     log: Callable[[str], None] | None = None,
 ) -> TestReport:
     """Apply, revert and re-apply every pending migration on a scratch copy."""
-    from ptool_ops.migrate.catalog import diff, snapshot
+    from ptool_ops.migrate.snapshot import diff, snapshot
 
     say = log or (lambda message: None)
     started = time.monotonic()
     options = replace(options or RunOptions(), lint=False)
     with pg.connect(url) as conn:
+        privileges.require(conn, "migrate.test")
         dbname = str(conn.info.dbname)
         has_history = history.history_exists(conn)
     scratch = f"{dbname[:30]}_ptool_mtest_{uuid.uuid4().hex[:8]}"
@@ -177,6 +178,7 @@ def run_migration_tests(
                 _dump_restore(url, scratch, has_history, pg_bin_dir)
             else:
                 say(f"scratch database {scratch} made from template {dbname}")
+            pg.copy_database_grants(admin, dbname, scratch)
         except psycopg.Error as err:
             raise OperationFailed(
                 f"cannot create the scratch database {scratch}: {err}".rstrip(".") + ".",
@@ -202,7 +204,7 @@ def _run(
     diff: Callable[..., dict[str, dict[str, list[tuple[Any, ...]]]]],
     snapshot: Callable[..., dict[str, list[tuple[Any, ...]]]],
 ) -> None:
-    runner = Runner(url, directory=directory, options=options, take_backup=False, check_api=False)
+    runner = Runner(url, directory=directory, options=options)
     pending = [s for s in runner.status().pending if s.migration is not None]
     for s in pending:
         test = MigrationTest(s.version, s.name)

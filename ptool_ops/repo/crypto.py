@@ -30,8 +30,6 @@ from ptool_ops.repo.errors import CorruptObject
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-    from ptool_ops.settings import EnvironmentSettings
-
 ALGORITHM = "aes-256-gcm-chunked"
 MAGIC = b"PTAEAD\x00\x01"
 HEADER_SIZE = len(MAGIC) + 4 + 16
@@ -61,19 +59,6 @@ def parse_key(text: str) -> bytes:
             "or behind backup_key_secret.",
         )
     return raw
-
-
-def load_key(settings: EnvironmentSettings) -> bytes | None:
-    """The environment's backup key (``backup_key`` or ``backup_key_secret``), or None."""
-    if settings.backup_key is not None:
-        return parse_key(settings.backup_key.get_secret_value())
-    if settings.backup_key_secret is not None:
-        from ptool_ops.secrets.refs import parse_ref, resolve
-
-        return parse_key(
-            resolve(parse_ref(settings.backup_key_secret), settings).get_secret_value()
-        )
-    return None
 
 
 def key_id(key: bytes) -> str:

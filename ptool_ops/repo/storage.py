@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from ptool_ops.errors import ConfigError
-
 #: How much a reader asks for at a time.
 READ_CHUNK = 1024 * 1024
 
@@ -131,28 +129,3 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in {"", ".", ".."} for p in parts):
         raise ValueError(f"invalid repository key {key!r}")
     return key
-
-
-def open_storage(
-    url: str,
-    *,
-    part_size: int,
-    checksum: bool = True,
-    region: str | None = None,
-    endpoint_url: str | None = None,
-) -> Storage:
-    """The backend for ``url``: ``file:///path`` or ``s3://bucket/prefix``."""
-    if url.startswith("file://"):
-        from ptool_ops.repo.file import FileStorage
-
-        return FileStorage.from_url(url)
-    if url.startswith("s3://"):
-        from ptool_ops.repo.s3 import S3Storage
-
-        return S3Storage.from_url(
-            url, part_size=part_size, checksum=checksum, region=region, endpoint_url=endpoint_url
-        )
-    raise ConfigError(
-        f"repository URL {url!r} is neither s3://bucket/prefix nor file:///path.",
-        hint="Fix repo_url in ptool-ops.toml or PTOOL_REPO_URL.",
-    )

@@ -13,15 +13,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from pydantic import SecretStr
 
 from ptool_ops.errors import ConfigError, ServiceUnavailable
-
-if TYPE_CHECKING:
-    from ptool_ops.settings import EnvironmentSettings
 
 SCHEMES = ("env", "file", "aws-sm")
 
@@ -44,7 +40,9 @@ def parse_ref(text: str) -> SecretRef:
     return SecretRef(scheme, name, key or None)
 
 
-def resolve(ref: SecretRef, settings: EnvironmentSettings) -> SecretStr:
+def resolve(
+    ref: SecretRef, *, aws_region: str | None = None, aws_endpoint_url: str | None = None
+) -> SecretStr:
     """Fetch the secret's value. Failures name the reference, never the value."""
     if ref.scheme == "env":
         value = os.environ.get(ref.name)
@@ -56,17 +54,15 @@ def resolve(ref: SecretRef, settings: EnvironmentSettings) -> SecretStr:
             return SecretStr(Path(ref.name).read_text(encoding="utf-8").rstrip("\n"))
         except OSError as err:
             raise ConfigError(f"cannot read secret {ref}: {err.strerror}.") from None
-    return _aws_secret(ref, settings)
+    return _aws_secret(ref, aws_region, aws_endpoint_url)
 
 
-def _aws_secret(ref: SecretRef, settings: EnvironmentSettings) -> SecretStr:
+def _aws_secret(ref: SecretRef, region: str | None, endpoint_url: str | None) -> SecretStr:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from ptool_ops import aws
 
-    client = aws.client(
-        "secretsmanager", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url
-    )
+    client = aws.client("secretsmanager", region=region, endpoint_url=endpoint_url)
     try:
         raw = client.get_secret_value(SecretId=ref.name, VersionStage="AWSCURRENT")
     except ClientError as err:

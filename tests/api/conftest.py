@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from pydantic import SecretStr
 
 from ptool_ops.booking.api import BookingApi
-from ptool_ops.local.env import LocalEnvironment, set_passwords
+from ptool_ops.local.env import LocalEnvironment
 
-from ..conftest import TestDatabase
+from ..conftest import TestDatabase, reset_passwords
 
 
 @dataclass
@@ -99,7 +98,4 @@ def standin(
     proc.terminate()
     proc.wait(15)
     # roles are cluster-wide: put back the passwords every other test expects
-    original = pg_server.secrets()
-    assert original is not None
-    with psycopg.connect(booking_db.conninfo, autocommit=True) as conn:
-        set_passwords(conn, original.passwords)
+    reset_passwords(pg_server)

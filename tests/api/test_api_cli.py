@@ -5,14 +5,14 @@ from __future__ import annotations
 import socket
 import time
 
-from ..conftest import CANARY, Cli
+from ..conftest import CANARY, OWNER, Cli
 from .conftest import Standin
 
 
 def _env_for(cli: Cli, standin: Standin, name: str = "staging") -> None:
     cli.write_config(
         f"[environments.{name}]\n"
-        f'database_url = "{standin.db.conninfo}"\n'
+        f'database_url = "{standin.db.url(OWNER)}"\n'
         f'api_url = "{standin.url}"\n'
     )
     cli.env["PTOOL_API_TOKEN"] = standin.ops_token

@@ -14,10 +14,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.conftest import Cli, TestDatabase
+from tests.conftest import OWNER, Cli, TestDatabase, add_canaries, admin_url
 
 KEY = base64.b64encode(b"k" * 32).decode()
 OTHER_KEY = base64.b64encode(b"o" * 32).decode()
+add_canaries(KEY, OTHER_KEY)
 
 
 def table_checksums(conn: Any) -> dict[str, tuple[int, str]]:
@@ -48,7 +49,7 @@ def seeded_db(booking_db: TestDatabase) -> Iterator[TestDatabase]:
         seed(conn, tenants=3, bookings=1500, seed=7)
     yield booking_db
     # restores create <name>_... databases beside the test's own: drop them
-    with psycopg.connect(booking_db.server.database_url("postgres"), autocommit=True) as conn:
+    with psycopg.connect(admin_url(booking_db.server, "postgres"), autocommit=True) as conn:
         names = conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (booking_db.name + "\\_%",)
         ).fetchall()
@@ -60,7 +61,8 @@ def seeded_db(booking_db: TestDatabase) -> Iterator[TestDatabase]:
 
 @dataclass
 class Env:
-    """A CLI environment 't' for a test database and a repository."""
+    """A CLI environment 't' (kind postgres) for a test database and a repository, logged
+    in as the operator (booking_owner), what a Neon project's operator holds."""
 
     cli: Cli
     db: TestDatabase
@@ -69,7 +71,7 @@ class Env:
 
     def configure(self, **overrides: str) -> None:
         settings = {
-            "database_url": self.db.conninfo,
+            "database_url": self.db.url(OWNER),
             "repo_url": self.repo_url,
             **self.extra,
             **overrides,

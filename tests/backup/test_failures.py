@@ -10,6 +10,7 @@ import pytest
 
 from ptool_ops.booking.seed import seed
 from tests.backup.conftest import KEY, OTHER_KEY, Env, table_checksums
+from tests.conftest import admin_url
 
 
 def _create(env: Env) -> str:
@@ -116,7 +117,7 @@ def test_in_place_restore_swaps_and_keeps_the_old_database(file_env: Env) -> Non
     assert kept.startswith(f"{file_env.db.name}_before_")
     with file_env.db.connect() as conn:
         assert table_checksums(conn) == before
-    with psycopg.connect(file_env.db.server.database_url(kept), autocommit=True) as conn:
+    with psycopg.connect(admin_url(file_env.db.server, kept), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM booking.tenants").fetchone() == (4,)
 
 

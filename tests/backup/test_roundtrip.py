@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from tests.backup.conftest import KEY, Env, table_checksums
+from tests.conftest import admin_url
 
 
 @pytest.mark.parametrize("backend", ["file", "s3"])
@@ -30,7 +31,7 @@ def test_round_trip_restores_identical_data(backend: str, request: pytest.Fixtur
     assert shown["format_version"] == 1
     assert shown["database"] == env.db.name
     with env.db.connect() as conn:
-        from ptool_ops.booking.schema import schema_version
+        from ptool_ops.migrate.history import schema_version
 
         assert shown["schema_version"] == schema_version(conn) is not None
     assert shown["pg_dump_version"].startswith("pg_dump (PostgreSQL) 18")
@@ -48,17 +49,18 @@ def test_round_trip_restores_identical_data(backend: str, request: pytest.Fixtur
     assert result["ok"] is True
     assert result["row_counts_match"] is True
     assert [s["status"] for s in result["steps"]] == ["done"] * len(result["steps"])
-    with psycopg.connect(env.db.server.database_url(target), autocommit=True) as conn:
+    with psycopg.connect(admin_url(env.db.server, target), autocommit=True) as conn:
         assert table_checksums(conn) == before
 
 
 def test_big_tables_in_their_own_objects_restore_in_parallel(file_env: Env) -> None:
     from ptool_ops import backup
+    from ptool_ops.environment import Environment
     from ptool_ops.settings import load_environment
 
     file_env.cli.env["PTOOL_BACKUP_KEY"] = KEY
     file_env.run("backup list")  # sets the working directory and PTOOL_* like a CLI run
-    settings = load_environment("t", cwd=file_env.cli.cwd)
+    settings = Environment(load_environment("t", cwd=file_env.cli.cwd))
     with file_env.db.connect() as conn:
         before = table_checksums(conn)
     created = backup.create(settings, split_bytes=1, jobs=2)
@@ -71,7 +73,7 @@ def test_big_tables_in_their_own_objects_restore_in_parallel(file_env: Env) -> N
     assert [s.status for s in result.steps] == ["done"] * len(result.steps)
     with file_env.db.connect() as conn:
         schema = _post_data(conn)
-    with psycopg.connect(file_env.db.server.database_url(target), autocommit=True) as conn:
+    with psycopg.connect(admin_url(file_env.db.server, target), autocommit=True) as conn:
         assert table_checksums(conn) == before
         # every index, constraint, trigger and policy, each built on its own as soon as
         # its table's rows were in, or with the rest at the end

@@ -16,34 +16,28 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
-from ptool_ops.booking.schema import apply_pending
+from ..conftest import TEMPLATE, admin_url, create_database, drop_database
 
 _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def shared_booking_url(pg_server: Any) -> Iterator[str]:
-    """A database with the booking migrations applied, shared by one test module."""
+    """A database with the booking migrations applied, shared by one test module; the URL
+    is the harness's own superuser session (the tests of the schema's rules set roles and
+    tenants themselves)."""
     name = f"booking_shared_{os.getpid()}_{next(_names)}"
-    with psycopg.connect(pg_server.database_url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url: str = pg_server.database_url(name)
+    create_database(pg_server, name, TEMPLATE)
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            apply_pending(conn)
-        yield url
+        yield admin_url(pg_server, name)
     finally:
-        with psycopg.connect(pg_server.database_url("postgres"), autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        drop_database(pg_server, name)
 
 
 @pytest.fixture
 def tx(shared_booking_url: str) -> Iterator[psycopg.Connection[Any]]:
-    """A superuser connection inside a transaction that is rolled back afterwards."""
+    """A harness superuser connection inside a transaction that is rolled back afterwards."""
     with psycopg.connect(shared_booking_url, autocommit=False) as conn:
         conn.execute("SELECT 1")  # open the transaction: whatever runs next is inside it
         try:

@@ -388,7 +388,7 @@ def test_schema_drift_is_a_violation_not_a_crash(tx: Conn) -> None:
 
 
 def test_runs_in_one_read_only_snapshot_on_an_idle_connection(booking_db: Any) -> None:
-    with psycopg.connect(booking_db.conninfo, autocommit=False) as conn:
+    with psycopg.connect(booking_db.url("booking_migrator"), autocommit=False) as conn:
         assert run_invariants(conn).ok
         # the report's transaction is over; the connection is idle and writable again
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

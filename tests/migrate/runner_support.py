@@ -8,9 +8,9 @@ from typing import Any
 
 import psycopg
 
-from ptool_ops.booking.schema import MIGRATIONS_DIR
-from ptool_ops.migrate.catalog import snapshot
+from ptool_ops.booking import MIGRATIONS_DIR
 from ptool_ops.migrate.runner import RunOptions
+from ptool_ops.migrate.snapshot import snapshot
 
 FAST = RunOptions(
     lock_timeout_ms=200,

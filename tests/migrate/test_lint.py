@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ptool_ops.booking.schema import MIGRATIONS_DIR
+from ptool_ops.booking import MIGRATIONS_DIR
 from ptool_ops.errors import ConfigError
 from ptool_ops.migrate.lint import (
     RULES,

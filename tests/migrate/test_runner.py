@@ -9,7 +9,7 @@ import pytest
 from ptool_ops.errors import ManualActionRequired, OperationFailed, Refused
 from ptool_ops.migrate.history import MigrationState
 from ptool_ops.migrate.runner import Runner
-from tests.conftest import TestDatabase
+from tests.conftest import MIGRATOR, TestDatabase
 from tests.migrate.runner_support import (
     FAST,
     add_migration,
@@ -27,7 +27,7 @@ NOTE_EXISTS = (
 
 
 def runner(db: TestDatabase, directory: Path) -> Runner:
-    return Runner(db.conninfo, directory=directory, options=FAST, take_backup=False)
+    return Runner(db.url(MIGRATOR), directory=directory, options=FAST)
 
 
 def test_up_status_down_round_trip(booking_db: TestDatabase, tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_up_status_down_round_trip(booking_db: TestDatabase, tmp_path: Path) -> 
     assert [s.version for s in run.status().pending] == ["0006"]
     with booking_db.connect() as conn:
         after, _ = state(conn)
-        from ptool_ops.booking.schema import schema_version
+        from ptool_ops.migrate.history import schema_version
 
         assert schema_version(conn) == "0005"
     assert after == before

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import Cli, TestDatabase
+from tests.conftest import MIGRATOR, OWNER, Cli, TestDatabase
 from tests.migrate.runner_support import add_migration, invalid_indexes, migrations_copy
 
 ADD_NOTE = "ALTER TABLE booking.tenants ADD COLUMN note text;\n"
@@ -15,7 +15,8 @@ DROP_NOTE = "ALTER TABLE booking.tenants DROP COLUMN note;\n"
 def configure(cli: Cli, db: TestDatabase, directory: Path, tmp_path: Path) -> None:
     cli.write_config(
         "[environments.t]\n"
-        f'database_url = "{db.conninfo}"\n'
+        f'database_url = "{db.url(OWNER)}"\n'
+        f'migrator_url = "{db.url(MIGRATOR)}"\n'
         f'repo_url = "file://{tmp_path / "repo"}"\n'
         f'migrations_dir = "{directory}"\n'
         "lock_timeout_ms = 500\n"

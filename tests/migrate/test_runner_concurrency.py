@@ -5,18 +5,20 @@ from __future__ import annotations
 import http.server
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from ptool_ops.booking.schema import MIGRATION_LOCK_KEY
+from ptool_ops.environment import Environment
 from ptool_ops.errors import Conflict, ManualActionRequired, OperationFailed, Refused
+from ptool_ops.migrate.run_lock import MIGRATION_LOCK_KEY
 from ptool_ops.migrate.runner import Runner, RunResult
+from ptool_ops.migrate.service import api_readiness
 from ptool_ops.settings import EnvironmentSettings
-from tests.conftest import TestDatabase
+from tests.conftest import MIGRATOR, TestDatabase
 from tests.migrate.runner_support import FAST, add_migration, migrations_copy, state
 
 ADD_NOTE = "ALTER TABLE booking.tenants ADD COLUMN note text;\n"
@@ -48,11 +50,7 @@ def test_two_concurrent_ups_apply_each_migration_once(
 
     def go() -> None:
         try:
-            results.append(
-                Runner(
-                    booking_db.conninfo, directory=directory, options=FAST, take_backup=False
-                ).up()
-            )
+            results.append(Runner(booking_db.url(MIGRATOR), directory=directory, options=FAST).up())
         except BaseException as err:
             failures.append(err)
 
@@ -72,24 +70,24 @@ def test_two_concurrent_ups_apply_each_migration_once(
 
 def test_a_held_run_lock_names_its_holder(booking_db: TestDatabase, tmp_path: Path) -> None:
     directory = migrations_copy(tmp_path)
-    with booking_db.connect(application_name="other-runner") as holder:
+    with psycopg.connect(
+        booking_db.url(MIGRATOR), autocommit=True, application_name="other-runner"
+    ) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         pid = holder.info.backend_pid
         options = type(FAST)(**{**FAST.__dict__, "run_lock_wait_s": 0.5})
         started = time.monotonic()
         with pytest.raises(Conflict) as err:
-            Runner(
-                booking_db.conninfo, directory=directory, options=options, take_backup=False
-            ).up()
+            Runner(booking_db.url(MIGRATOR), directory=directory, options=options).up()
         assert time.monotonic() - started < 3
     assert f"pid {pid}" in err.value.message and "other-runner" in err.value.message
     assert err.value.exit_code == 6
 
 
-def test_a_pooled_neon_host_is_refused() -> None:
+def test_a_pooled_neon_host_is_refused(tmp_path: Path) -> None:
     url = "postgresql://u:pw@ep-cool-darkness-123456-pooler.us-east-2.aws.neon.tech/neondb"
     with pytest.raises(Refused, match="pooled host") as err:
-        Runner(url, options=FAST, take_backup=False).up()
+        Runner(url, directory=migrations_copy(tmp_path), options=FAST).up()
     assert "ep-cool-darkness-123456.us-east-2" in (err.value.hint or "")
     assert "pw" not in err.value.message
 
@@ -109,7 +107,7 @@ def test_lock_wait_retries_then_fails_without_stalling_writers(
 
     def writer() -> None:
         n = 0
-        with psycopg.connect(booking_db.conninfo, autocommit=True) as conn:
+        with psycopg.connect(booking_db.url(MIGRATOR), autocommit=True) as conn:
             while not stop.is_set():
                 n += 1
                 began = time.monotonic()
@@ -130,9 +128,7 @@ def test_lock_wait_retries_then_fails_without_stalling_writers(
         try:
             started = time.monotonic()
             with pytest.raises(OperationFailed, match="lock was not available") as err:
-                Runner(
-                    booking_db.conninfo, directory=directory, options=FAST, take_backup=False
-                ).up()
+                Runner(booking_db.url(MIGRATOR), directory=directory, options=FAST).up()
             elapsed = time.monotonic() - started
         finally:
             stop.set()
@@ -192,8 +188,9 @@ def _api(conninfo: str, always_down: bool) -> Iterator[str]:
     server.server_close()
 
 
-def _settings(db: TestDatabase, api_url: str) -> EnvironmentSettings:
-    return EnvironmentSettings(name="t", kind="postgres", api_url=api_url)
+def _readiness(api_url: str) -> Callable[[], str | None]:
+    env = Environment(EnvironmentSettings(name="t", kind="postgres", api_url=api_url))
+    return api_readiness(env, FAST.api_ready_timeout_s, lambda message: None)
 
 
 @pytest.mark.parametrize("always_down", [False, True])
@@ -204,15 +201,11 @@ def test_an_unready_api_after_commit_rolls_the_migration_back(
     add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
     with booking_db.connect() as conn:
         before, _ = state(conn)
-    api = _api(booking_db.conninfo, always_down)
+    api = _api(booking_db.url(MIGRATOR), always_down)
     url = next(api)
     try:
         runner = Runner(
-            booking_db.conninfo,
-            directory=directory,
-            options=FAST,
-            settings=_settings(booking_db, url),
-            take_backup=False,
+            booking_db.url(MIGRATOR), directory=directory, options=FAST, api_ready=_readiness(url)
         )
         if always_down:
             with pytest.raises(ManualActionRequired, match="still not ready") as err:

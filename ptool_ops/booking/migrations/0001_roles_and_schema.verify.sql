@@ -5,15 +5,19 @@ SELECT count(*) = 6 FROM pg_catalog.pg_roles
 SELECT NOT r.rolcanlogin AND NOT r.rolbypassrls
   FROM pg_catalog.pg_roles r WHERE r.rolname = 'booking_app';
 
-SELECT r.rolbypassrls AND r.rolcanlogin
-       AND pg_catalog.pg_has_role('booking_backup', 'pg_read_all_data', 'USAGE')
+SELECT r.rolbypassrls AND r.rolcanlogin AND NOT r.rolsuper
   FROM pg_catalog.pg_roles r WHERE r.rolname = 'booking_backup';
+
+SELECT pg_catalog.has_schema_privilege('booking_backup', 'booking', 'USAGE')
+   AND pg_catalog.has_schema_privilege('booking_backup', 'ptool_ops', 'USAGE')
+   AND pg_catalog.has_table_privilege('booking_backup', 'ptool_ops.migration_history', 'SELECT')
+   AND NOT pg_catalog.has_table_privilege('booking_backup', 'ptool_ops.migration_history', 'INSERT');
 
 SELECT pg_catalog.pg_has_role('booking_app_a', 'booking_app', 'USAGE')
    AND pg_catalog.pg_has_role('booking_app_b', 'booking_app', 'USAGE');
 
-SELECT count(*) = 2 FROM pg_catalog.pg_namespace
- WHERE nspname IN ('booking', 'booking_ext')
+SELECT count(*) = 3 FROM pg_catalog.pg_namespace
+ WHERE nspname IN ('booking', 'booking_ext', 'ptool_ops')
    AND nspowner = 'booking_migrator'::regrole;
 
 SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'btree_gist');

@@ -4,8 +4,8 @@ last) and the table locks that keep two workers from blocking each other."""
 
 from __future__ import annotations
 
-from ptool_ops.backup import schedule
-from ptool_ops.backup.schedule import Task
+from ptool_ops.backup import restore_plan
+from ptool_ops.backup.restore_plan import Task
 
 TABLES = {"s.big", "s.small", "s.other"}
 
@@ -65,8 +65,8 @@ def _script(entries: list[tuple[str, str]]) -> str:
     return "".join(out)
 
 
-def _plan(entries: list[tuple[str, str]] = ENTRIES) -> schedule.PostPlan:
-    return schedule.split_post_data(_listing(entries), _script(entries), TABLES)
+def _plan(entries: list[tuple[str, str]] = ENTRIES) -> restore_plan.PostPlan:
+    return restore_plan.split_post_data(_listing(entries), _script(entries), TABLES)
 
 
 def test_indexes_constraints_and_foreign_keys_are_placed_per_table() -> None:
@@ -98,11 +98,11 @@ def test_quoted_names_are_unquoted() -> None:
 
 
 def test_a_listing_that_does_not_pair_with_the_sql_restores_it_all_last() -> None:
-    plan = schedule.split_post_data(_listing(ENTRIES), _script(ENTRIES[:-1]), TABLES)
+    plan = restore_plan.split_post_data(_listing(ENTRIES), _script(ENTRIES[:-1]), TABLES)
     assert plan.whole and not plan.items and len(plan.rest) == len(ENTRIES)
-    tasks = schedule.post_tasks(plan, {"s.big"}, {})
-    assert [t.name for t in tasks] == [schedule.REST]
-    assert tasks[0].deps == {schedule.DATA, "load:s.big"}
+    tasks = restore_plan.post_tasks(plan, {"s.big"}, {})
+    assert [t.name for t in tasks] == [restore_plan.REST]
+    assert tasks[0].deps == {restore_plan.DATA, "load:s.big"}
 
 
 def test_unknown_tables_and_unparsed_sql_stay_in_the_rest() -> None:
@@ -141,17 +141,17 @@ def test_a_foreign_key_to_a_table_with_an_unplaced_index_waits_for_the_rest() ->
 
 def _tasks() -> dict[str, Task]:
     plan = _plan()
-    tasks = schedule.post_tasks(plan, {"s.big"}, {"s.big": 100, "s.small": 1})
+    tasks = restore_plan.post_tasks(plan, {"s.big"}, {"s.big": 100, "s.small": 1})
     return {t.name: t for t in tasks}
 
 
 def test_dependencies_rows_then_indexes_then_foreign_keys_then_the_rest() -> None:
     tasks = _tasks()
-    assert tasks["post:0"].deps == {schedule.DATA, "load:s.big"}  # big_pkey
-    assert tasks["post:1"].deps == {schedule.DATA}  # small: loaded with the schema
+    assert tasks["post:0"].deps == {restore_plan.DATA, "load:s.big"}  # big_pkey
+    assert tasks["post:1"].deps == {restore_plan.DATA}  # small: loaded with the schema
     fk = tasks["post:4"]
     assert fk.deps == {
-        schedule.DATA,
+        restore_plan.DATA,
         "load:s.big",
         "post:0",  # big_pkey
         "post:2",  # big_when_idx
@@ -159,25 +159,25 @@ def test_dependencies_rows_then_indexes_then_foreign_keys_then_the_rest() -> Non
         "post:1",  # small_key: the referenced unique constraint
     }
     assert fk.locks == {
-        "s.big": schedule.SHARE_ROW_EXCLUSIVE,
-        "s.small": schedule.SHARE_ROW_EXCLUSIVE,
+        "s.big": restore_plan.SHARE_ROW_EXCLUSIVE,
+        "s.small": restore_plan.SHARE_ROW_EXCLUSIVE,
     }
-    rest = tasks[schedule.REST]
+    rest = tasks[restore_plan.REST]
     assert rest.everything
-    assert rest.deps == {schedule.DATA, "load:s.big", *(f"post:{n}" for n in range(5))}
+    assert rest.deps == {restore_plan.DATA, "load:s.big", *(f"post:{n}" for n in range(5))}
 
 
 def test_locks_keep_conflicting_work_apart() -> None:
     tasks = _tasks()
     pkey, index, gist = tasks["post:0"], tasks["post:2"], tasks["post:3"]
-    count = Task("count:s.big", "validate", locks={"s.big": schedule.ACCESS_SHARE})
-    other = Task("count:s.small", "validate", locks={"s.small": schedule.ACCESS_SHARE})
-    assert schedule.conflicts(pkey, index) and schedule.conflicts(gist, pkey)
-    assert schedule.conflicts(pkey, count) and not schedule.conflicts(index, count)
-    assert not schedule.conflicts(gist, other)
-    assert schedule.conflicts(tasks["post:4"], index)  # FK vs an index build on its table
-    assert not schedule.conflicts(tasks["post:4"], count)
-    assert schedule.conflicts(tasks[schedule.REST], other)
+    count = Task("count:s.big", "validate", locks={"s.big": restore_plan.ACCESS_SHARE})
+    other = Task("count:s.small", "validate", locks={"s.small": restore_plan.ACCESS_SHARE})
+    assert restore_plan.conflicts(pkey, index) and restore_plan.conflicts(gist, pkey)
+    assert restore_plan.conflicts(pkey, count) and not restore_plan.conflicts(index, count)
+    assert not restore_plan.conflicts(gist, other)
+    assert restore_plan.conflicts(tasks["post:4"], index)  # FK vs an index build on its table
+    assert not restore_plan.conflicts(tasks["post:4"], count)
+    assert restore_plan.conflicts(tasks[restore_plan.REST], other)
 
 
 def _simulate(tasks: list[Task], jobs: int, length: dict[str, int]) -> list[tuple[int, int, str]]:
@@ -186,7 +186,7 @@ def _simulate(tasks: list[Task], jobs: int, length: dict[str, int]) -> list[tupl
     clock, log = 0, []
     while pending or running:
         while len(running) < jobs:
-            task = schedule.pick(pending, running.values(), done)
+            task = restore_plan.pick(pending, running.values(), done)
             if task is None:
                 break
             pending.remove(task)
@@ -202,12 +202,18 @@ def _simulate(tasks: list[Task], jobs: int, length: dict[str, int]) -> list[tupl
 
 def test_one_tables_indexes_are_built_while_another_table_still_loads() -> None:
     plan = _plan()
-    posts = schedule.post_tasks(plan, {"s.big", "s.other"}, {"s.big": 100, "s.small": 1})
+    posts = restore_plan.post_tasks(plan, {"s.big", "s.other"}, {"s.big": 100, "s.small": 1})
     loads = [
-        Task(schedule.DATA, "restore-data"),
-        Task("load:s.big", "restore-data", frozenset({schedule.DATA}), {"s.big": 3}, (0, 0, -1)),
+        Task(restore_plan.DATA, "restore-data"),
         Task(
-            "load:s.other", "restore-data", frozenset({schedule.DATA}), {"s.other": 3}, (0, 0, -2)
+            "load:s.big", "restore-data", frozenset({restore_plan.DATA}), {"s.big": 3}, (0, 0, -1)
+        ),
+        Task(
+            "load:s.other",
+            "restore-data",
+            frozenset({restore_plan.DATA}),
+            {"s.other": 3},
+            (0, 0, -2),
         ),
     ]
     length = {"load:s.big": 5, "load:s.other": 20, "post:3": 8}
@@ -217,21 +223,21 @@ def test_one_tables_indexes_are_built_while_another_table_still_loads() -> None:
     assert at["post:3"][0] < at["load:s.other"][1]
     for name in ("post:0", "post:1", "post:2", "post:3"):
         assert at[name][1] <= at["post:4"][0]  # the FK after the indexes it needs
-    assert at[schedule.REST][0] == max(end for _, end, name in log if name != schedule.REST)
+    assert at[restore_plan.REST][0] == max(end for _, end, name in log if name != restore_plan.REST)
     # no two conflicting tasks ever ran at once
     by_name = {t.name: t for t in loads + posts}
     for s1, e1, n1 in log:
         for s2, e2, n2 in log:
             if n1 < n2 and s1 < e2 and s2 < e1:
-                assert not schedule.conflicts(by_name[n1], by_name[n2]), (n1, n2)
+                assert not restore_plan.conflicts(by_name[n1], by_name[n2]), (n1, n2)
 
 
 def _load_order(entries: list[tuple[str, str]]) -> tuple[list[Task], list[Task]]:
     """Loads and post-data tasks of s.big (100 bytes) and s.other (a 300-byte stream)."""
     plan = _plan(entries)
     sizes = {"s.big": 100, "s.small": 1, "s.other": 300}
-    loads = schedule.load_tasks({"s.big": 100, "s.other": 300}, plan, sizes)
-    return loads, schedule.post_tasks(plan, {"s.big", "s.other"}, sizes)
+    loads = restore_plan.load_tasks({"s.big": 100, "s.other": 300}, plan, sizes)
+    return loads, restore_plan.post_tasks(plan, {"s.big", "s.other"}, sizes)
 
 
 def test_a_table_whose_builds_outweigh_every_other_load_loads_first_and_alone() -> None:
@@ -239,8 +245,8 @@ def test_a_table_whose_builds_outweigh_every_other_load_loads_first_and_alone() 
     loads, _ = _load_order(ENTRIES)
     assert [t.name for t in loads] == ["load:s.big", "load:s.other"]
     big, other = loads
-    assert big.locks[schedule.LOADS] == schedule.ACCESS_EXCLUSIVE
-    assert schedule.conflicts(big, other)
+    assert big.locks[restore_plan.LOADS] == restore_plan.ACCESS_EXCLUSIVE
+    assert restore_plan.conflicts(big, other)
     assert big.priority < other.priority
 
 
@@ -248,12 +254,12 @@ def test_without_a_dominant_build_loads_run_side_by_side_longest_chain_first() -
     btree_only = [entry for entry in ENTRIES if "gist" not in entry[1]]
     loads, _ = _load_order(btree_only)
     assert [t.name for t in loads] == ["load:s.other", "load:s.big"]  # 4 x 300 > 4 x 100 + 230
-    assert not schedule.conflicts(*loads)
+    assert not restore_plan.conflicts(*loads)
 
 
 def test_the_long_build_starts_as_soon_as_its_rows_are_in_and_other_loads_run_beside_it() -> None:
     loads, posts = _load_order(ENTRIES)
-    data = Task(schedule.DATA, "restore-data")
+    data = Task(restore_plan.DATA, "restore-data")
     gist = next(t for t in posts if t.priority == min(p.priority for p in posts))
     assert gist.name == "post:3"  # the most expensive build is taken first
     length = {"load:s.big": 4, "load:s.other": 6, "post:3": 13}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ptool_ops.errors import ConfigError
-from ptool_ops.migrate.locks import (
+from ptool_ops.migrate.lock_analysis import (
     LockMode,
     SqlSyntaxError,
     analyse,

@@ -1,9 +1,8 @@
 """One runner at a time: a session-level advisory lock, taken by polling.
 
-The lock is :data:`ptool_ops.booking.schema.MIGRATION_LOCK_KEY` (the minimal runner takes
-the same key transaction-scoped, so the two exclude each other), held by a dedicated
-autocommit connection that never opens a transaction: ``pg_advisory_lock`` (blocking) or
-a transaction-level lock would make ``CREATE INDEX CONCURRENTLY`` on the work
+The lock is :data:`MIGRATION_LOCK_KEY`, held by a dedicated autocommit connection that
+never opens a transaction: ``pg_advisory_lock`` (blocking) or a transaction-level lock would
+make ``CREATE INDEX CONCURRENTLY`` on the work
 connection wait for the lock holder's transaction -- the deadlock Flyway users keep
 hitting. The runner polls ``pg_try_advisory_lock`` until ``wait_s`` passes, then names
 the holder from ``pg_locks`` and ``pg_stat_activity``.
@@ -14,6 +13,7 @@ locks and settings between transactions: :func:`refuse_pooler` rejects it up fro
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +25,15 @@ import psycopg
 from pydantic import SecretStr
 
 from ptool_ops import pg
-from ptool_ops.booking.schema import MIGRATION_LOCK_KEY
 from ptool_ops.errors import Conflict, Refused
 
-__all__ = ["LockHolder", "lock_holders", "refuse_pooler", "run_lock"]
+__all__ = ["MIGRATION_LOCK_KEY", "LockHolder", "lock_holders", "refuse_pooler", "run_lock"]
+
+#: Key of the session-level advisory lock every migration run takes
+#: (first 8 bytes of sha256("ptool_ops.migrations"), as a signed bigint).
+MIGRATION_LOCK_KEY: int = int.from_bytes(
+    hashlib.sha256(b"ptool_ops.migrations").digest()[:8], "big", signed=True
+)
 
 _UNSIGNED = MIGRATION_LOCK_KEY & 0xFFFF_FFFF_FFFF_FFFF
 CLASSID, OBJID = _UNSIGNED >> 32, _UNSIGNED & 0xFFFF_FFFF

@@ -1,0 +1,86 @@
+"""The migration runner wired to an environment: the migrator's login, the runner settings,
+the backup point and the API readiness check -- and the policy that goes with them (a
+protected environment always takes a backup point), so library callers get it as the CLI
+does."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ptool_ops.environment import Environment
+from ptool_ops.errors import ConfigError, Refused, ServiceUnavailable
+from ptool_ops.migrate.execution import RunOptions
+from ptool_ops.migrate.runner import Runner
+
+__all__ = ["api_readiness", "options_for", "runner_for"]
+
+
+def options_for(env: Environment, *, invariants: bool = True) -> RunOptions:
+    from ptool_ops.audit import actor
+
+    s = env.settings
+    return RunOptions(
+        lock_timeout_ms=s.lock_timeout_ms,
+        statement_timeout_ms=s.statement_timeout_ms,
+        lock_retries=s.lock_retries,
+        run_lock_wait_s=s.migrate_lock_wait_s,
+        api_ready_timeout_s=s.api_ready_timeout_s,
+        invariants=invariants,
+        actor=actor(),
+    )
+
+
+def api_readiness(
+    env: Environment, timeout_s: float, log: Callable[[str], None]
+) -> Callable[[], str | None]:
+    """None when the environment's API is ready (or it has none), else the reason."""
+
+    def check() -> str | None:
+        try:
+            api = env.api()
+        except ConfigError:
+            return None  # no API configured: nothing to wait for
+        except ServiceUnavailable as err:
+            if env.is_local:
+                log(f"API readiness not checked: {err.message}")
+                return None
+            return err.message
+        with api:
+            try:
+                api.wait_ready(timeout_s)
+            except ServiceUnavailable as err:
+                return err.message.rstrip(".")
+        return None
+
+    return check
+
+
+def runner_for(
+    env: Environment,
+    *,
+    directory: Path | None = None,
+    take_backup: bool = True,
+    check_api: bool = True,
+    invariants: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> Runner:
+    """A runner for an environment's migrations, as its migrator."""
+    from ptool_ops.booking import MIGRATIONS_DIR
+    from ptool_ops.migrate.backup_point import EnvironmentBackupStep
+
+    if not take_backup and env.protected:
+        raise Refused(
+            f"environment {env.name!r} is protected: migrations there always take a backup point.",
+            hint="Drop --no-backup-point.",
+        )
+    say = log or (lambda message: None)
+    options = options_for(env, invariants=invariants)
+    return Runner(
+        env.database("migrate.run").url,
+        directory=directory or env.settings.migrations_dir or MIGRATIONS_DIR,
+        options=options,
+        backup=EnvironmentBackupStep(env) if take_backup else None,
+        api_ready=api_readiness(env, options.api_ready_timeout_s, say) if check_api else None,
+        log=say,
+    )

@@ -1,0 +1,293 @@
+"""What each command needs, as which role, and the checks that say what a login lacks."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ptool_ops.errors import PermissionDenied
+from ptool_ops.privileges.model import BACKUP, DATA_SCHEMAS, MIGRATOR, OPERATOR, SCHEMA_OWNER
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+@dataclass(frozen=True)
+class Need:
+    """One privilege a duty needs. ``missing`` is a query run as the login; each row it
+    returns is one object the privilege is missing on (no row: the need is met)."""
+
+    name: str
+    what: str  # the privilege, in words
+    why: str
+    missing: str
+    grant: str  # the fix, with {role}; "" when no single grant fixes it
+
+
+_TABLES = (
+    "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_class c"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p')"
+)
+_BYPASS = (
+    "(SELECT r.rolsuper OR r.rolbypassrls FROM pg_catalog.pg_roles r"
+    " WHERE r.rolname = current_user)"
+)
+
+NEEDS: dict[str, Need] = {
+    need.name: need
+    for need in (
+        Need(
+            "read_history",
+            "SELECT on ptool_ops.migration_history",
+            "reads which migrations are applied (the schema version)",
+            "SELECT 'ptool_ops.migration_history' FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'ptool_ops' AND c.relname = 'migration_history'"
+            " AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
+            " AND pg_catalog.has_table_privilege(c.oid, 'SELECT'))",
+            "GRANT USAGE ON SCHEMA ptool_ops TO {role};"
+            " GRANT SELECT ON ptool_ops.migration_history TO {role}",
+        ),
+        Need(
+            "read_all_rows",
+            "SELECT on every table of schemas booking and ptool_ops, not filtered by"
+            " row-level security (BYPASSRLS or table ownership)",
+            "reads every tenant's rows: invariants and pg_dump must not see a filtered view",
+            _TABLES + " AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
+            " AND pg_catalog.has_table_privilege(c.oid, 'SELECT')"
+            f" AND (NOT c.relrowsecurity OR {_BYPASS}"
+            " OR pg_catalog.pg_has_role(c.relowner, 'USAGE')))",
+            "ALTER ROLE {role} BYPASSRLS; GRANT SELECT ON ALL TABLES IN SCHEMA booking,"
+            " ptool_ops TO {role}",
+        ),
+        Need(
+            "dump_everything",
+            "SELECT on every table and sequence of the database (every schema but the"
+            " system's), not filtered by row-level security",
+            "pg_dump reads every table and sequence it dumps, and refuses a filtered one",
+            "SELECT format('%%I.%%I', n.nspname, c.relname) FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind IN ('r', 'p', 'S')"
+            " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            " AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp%%'"
+            " AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d WHERE d.objid = c.oid"
+            "   AND d.classid = 'pg_catalog.pg_class'::regclass AND d.deptype = 'e')"
+            " AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
+            " AND (CASE WHEN c.relkind = 'S' THEN"
+            "   pg_catalog.has_sequence_privilege(c.oid, 'SELECT')"
+            "   ELSE pg_catalog.has_table_privilege(c.oid, 'SELECT') END)"
+            f" AND (NOT c.relrowsecurity OR {_BYPASS}"
+            " OR pg_catalog.pg_has_role(c.relowner, 'USAGE')))",
+            "ALTER ROLE {role} BYPASSRLS; GRANT SELECT ON ALL TABLES IN SCHEMA <schema> TO"
+            " {role}; GRANT SELECT ON ALL SEQUENCES IN SCHEMA <schema> TO {role}",
+        ),
+        Need(
+            "write_all_rows",
+            "INSERT on every table of schema booking, not filtered by row-level security",
+            "writes rows of every tenant",
+            _TABLES + " AND n.nspname = 'booking'"
+            " AND NOT (pg_catalog.has_table_privilege(c.oid, 'INSERT')"
+            f" AND (NOT c.relrowsecurity OR {_BYPASS}"
+            " OR pg_catalog.pg_has_role(c.relowner, 'USAGE')))",
+            "ALTER ROLE {role} BYPASSRLS; GRANT INSERT ON ALL TABLES IN SCHEMA booking TO {role}",
+        ),
+        Need(
+            "createdb",
+            "CREATEDB",
+            "creates the database it restores into, or a scratch copy",
+            "SELECT 'CREATEDB' FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+            " AND NOT (r.rolsuper OR r.rolcreatedb)",
+            "ALTER ROLE {role} CREATEDB",
+        ),
+        Need(
+            "act_as_schema_owner",
+            f"membership in {SCHEMA_OWNER} (INHERIT and SET)",
+            f"objects it restores or migrates belong to {SCHEMA_OWNER}",
+            "SELECT r.rolname::text FROM pg_catalog.pg_roles r WHERE r.rolname = %(owner)s"
+            " AND NOT (pg_catalog.pg_has_role(current_user, r.oid, 'SET')"
+            " AND pg_catalog.pg_has_role(current_user, r.oid, 'USAGE'))",
+            f"GRANT {SCHEMA_OWNER} TO {{role}} WITH INHERIT TRUE, SET TRUE",
+        ),
+        Need(
+            "run_migrations",
+            "ownership of the migration history and the schemas (as booking_migrator or a"
+            " member of it), or CREATE on the database for a fresh one",
+            "applies migrations and records them in ptool_ops.migration_history",
+            "SELECT 'database ' || current_database() WHERE NOT EXISTS ("
+            " SELECT FROM pg_catalog.pg_namespace WHERE nspname = 'ptool_ops')"
+            " AND NOT pg_catalog.has_database_privilege(current_database(), 'CREATE')"
+            " UNION ALL SELECT 'table ptool_ops.migration_history' FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'ptool_ops' AND c.relname = 'migration_history'"
+            " AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE')",
+            f"GRANT {SCHEMA_OWNER} TO {{role}} WITH INHERIT TRUE, SET TRUE",
+        ),
+        Need(
+            "own_database",
+            "ownership of the environment's database",
+            "renames the database it replaces (an in-place restore keeps it)",
+            "SELECT 'database ' || d.datname FROM pg_catalog.pg_database d"
+            " WHERE d.datname = current_database()"
+            " AND NOT pg_catalog.pg_has_role(d.datdba, 'USAGE')",
+            "ALTER DATABASE {database} OWNER TO {role}",
+        ),
+        Need(
+            "signal_backends",
+            "the privileges of pg_signal_backend",
+            "ends the sessions of the database an in-place restore replaces",
+            "SELECT 'pg_signal_backend' WHERE NOT pg_catalog.pg_has_role("
+            "current_user, 'pg_signal_backend', 'USAGE')",
+            "GRANT pg_signal_backend TO {role}",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Duty:
+    """What one group of commands does to the database, as which role, needing what."""
+
+    name: str
+    commands: tuple[str, ...]
+    role: str
+    needs: tuple[str, ...]
+
+
+DUTIES: dict[str, Duty] = {
+    duty.name: duty
+    for duty in (
+        Duty("status", ("status",), OPERATOR, ("read_history", "read_all_rows")),
+        Duty("migrate.read", ("migrate status", "migrate plan"), MIGRATOR, ("read_history",)),
+        Duty("migrate.verify", ("migrate verify",), MIGRATOR, ("read_history", "read_all_rows")),
+        Duty(
+            "migrate.run",
+            ("migrate up", "migrate down", "migrate repair"),
+            MIGRATOR,
+            ("run_migrations", "read_all_rows"),
+        ),
+        Duty(
+            "migrate.test",
+            ("migrate test",),
+            OPERATOR,
+            ("createdb", "act_as_schema_owner", "read_all_rows"),
+        ),
+        Duty("backup.create", ("backup create",), BACKUP, ("dump_everything",)),
+        Duty(
+            "backup.restore",
+            ("backup restore", "backup verify --restore"),
+            OPERATOR,
+            ("createdb", "act_as_schema_owner"),
+        ),
+        Duty(
+            "backup.restore_in_place",
+            ("backup restore --in-place",),
+            OPERATOR,
+            ("createdb", "act_as_schema_owner", "own_database", "signal_backends"),
+        ),
+        Duty("local.seed", ("local seed",), OPERATOR, ("write_all_rows",)),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Missing:
+    need: Need
+    objects: list[str]
+    role: str
+
+    def sentence(self, duty: Duty) -> str:
+        where = ", ".join(self.objects[:3]) + (
+            f" and {len(self.objects) - 3} more" if len(self.objects) > 3 else ""
+        )
+        on = "" if self.objects == [self.need.what] else f" (missing on {where})"
+        return (
+            f"role {self.role} lacks {self.need.what}{on}, which '{duty.commands[0]}' needs:"
+            f" it {self.need.why}"
+        )
+
+    def fix(self, database: str) -> str:
+        return self.need.grant.format(role=_ident(self.role), database=_ident(database))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "need": self.need.name,
+            "privilege": self.need.what,
+            "objects": self.objects,
+            "role": self.role,
+        }
+
+
+@dataclass
+class DutyCheck:
+    duty: Duty
+    role: str  # the login checked (session_user)
+    missing: list[Missing] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "duty": self.duty.name,
+            "commands": list(self.duty.commands),
+            "role": self.role,
+            "model_role": self.duty.role,
+            "ok": self.ok,
+            "missing": [m.to_dict() for m in self.missing],
+        }
+
+
+def check(
+    conn: psycopg.Connection[Any], duty_name: str, *, skip: tuple[str, ...] = ()
+) -> DutyCheck:
+    """Which of the duty's needs the current role lacks (reads the catalog only); ``skip``
+    names needs the caller does not use this time."""
+    duty = DUTIES[duty_name]
+    login = current_user(conn)
+    result = DutyCheck(duty, login)
+    for name in duty.needs:
+        if name in skip:
+            continue
+        need = NEEDS[name]
+        params = {"schemas": list(DATA_SCHEMAS), "owner": SCHEMA_OWNER}
+        rows = conn.execute(need.missing, params).fetchall()
+        if rows:
+            result.missing.append(Missing(need, [str(r[0]) for r in rows], login))
+    return result
+
+
+def require(conn: psycopg.Connection[Any], duty_name: str, *, skip: tuple[str, ...] = ()) -> None:
+    """Raise :class:`PermissionDenied` naming the first missing privilege and its grant."""
+    result = check(conn, duty_name, skip=skip)
+    if result.ok:
+        return
+    first = result.missing[0]
+    database = str(conn.info.dbname)
+    duty = result.duty
+    other = (
+        f", or run it as {duty.role} (the role the privilege model names for it)"
+        if result.role != duty.role
+        else ""
+    )
+    raise PermissionDenied(
+        first.sentence(duty) + ".",
+        hint=f"Grant it with: {first.fix(database)}{other}. 'ptool-ops doctor' lists what"
+        " every configured role can do.",
+    )
+
+
+def current_user(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT current_user").fetchone()
+    return str(row[0]) if row else "?"
+
+
+def _ident(name: str) -> str:
+    """A role or database name as SQL: plain when it can be, else quoted."""
+    if re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+        return name
+    from psycopg import sql
+
+    return sql.Identifier(name).as_string(None)
