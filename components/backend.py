@@ -5,7 +5,13 @@ preview gets an ephemeral environment copied from staging's (``sourceEnvironment
 staging's service already has an instance. Either way the service instance gets the settings
 zero-downtime deploys need — a health check that exercises the database, overlap and draining
 seconds — and a Railway domain, and its variables are set: ``DATABASE_URL`` (a secret wired
-from the ``Database`` component) in a resource of its own, the plain variables in another.
+from the ``Database`` component) in a resource of its own, the ops token ``OPS_TOKEN`` (the
+stack's secret config ``ptool-ops:apiToken``, the same value ptool-ops reads from the
+environment's ``api-token`` secret) in another, the plain variables in a third.
+
+``DATABASE_URL`` of a long-lived environment is set once: the rotation engine owns it
+afterwards. A preview's is the stack's (its passwords come from its own config, nothing
+rotates them), so it follows the branch. ``OPS_TOKEN`` is the stack's everywhere.
 """
 
 from __future__ import annotations
@@ -34,11 +40,16 @@ class PreviewTarget:
     name: str
 
 
+#: the backend's variable holding the ops token (the booking API's operations contract)
+OPS_TOKEN_VARIABLE = "OPS_TOKEN"  # noqa: S105 - a variable name, not a secret
+
+
 @dataclass(frozen=True)
 class BackendArgs:
     environment: str
     railway: RailwayConfig
     database_url: pulumi.Input[str]  # secret
+    ops_token: pulumi.Input[str] | None = None  # secret
     protect: bool = False
     preview: PreviewTarget | None = None
     extra_variables: dict[str, pulumi.Input[str]] = field(default_factory=dict)
@@ -130,10 +141,22 @@ class Backend(pulumi.ComponentResource):
             variables={"DATABASE_URL": pulumi.Output.secret(args.database_url)},
             opts=pulumi.ResourceOptions.merge(
                 child,
-                # set once; afterwards the rotation engine owns DATABASE_URL
-                pulumi.ResourceOptions(ignore_changes=["variables"]),
+                # set once; afterwards the rotation engine owns DATABASE_URL (not a preview's)
+                pulumi.ResourceOptions(
+                    ignore_changes=["variables"] if args.preview is None else None
+                ),
             ),
         )
+        self.ops_token_variable: RailwayVariables | None = None
+        if args.ops_token is not None:
+            self.ops_token_variable = RailwayVariables(
+                f"{name}-ops-token",
+                project_id=self.project_id,
+                environment_id=self.environment_id,
+                service_id=self.service_id,
+                variables={OPS_TOKEN_VARIABLE: pulumi.Output.secret(args.ops_token)},
+                opts=child,
+            )
         self.register_outputs(
             {
                 "project_id": self.project_id,

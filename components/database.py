@@ -1,27 +1,39 @@
 """``Database``: the environment's Neon database and the booking service's roles inside it.
 
 Neon side (dynamic providers over the Neon API): a project per long-lived environment —
-history retention (the PITR window), compute autoscaling limits and suspend timeout — or,
-for a preview, a branch of the staging project that expires. ``protect`` on prod.
+PostgreSQL version, history retention (the PITR window), compute autoscaling limits and
+suspend timeout — or, for a preview, a branch of the staging project that expires.
+``protect`` on prod. The project's owner role is the privilege model's ``OWNER``
+(``booking_owner``): Neon creates it and makes it own the database; its password is Neon's.
 
-Inside the database (pulumi-postgresql, connected as the Neon owner role over TLS): the
-``btree_gist`` extension, the booking roles with exactly the attributes the booking
-migration ``0001_roles_and_schema`` gives them (so that migration finds them and changes
-nothing), their memberships, and database privileges:
+Inside the database the privilege model (``ptool_ops.privileges``) is the only source:
 
-* ``booking_app`` NOLOGIN holds the application's grants; ``booking_app_a`` / ``_b`` are
-  LOGIN members of it, alternated by the rotation engine;
-* ``booking_migrator`` owns schema ``booking`` (created by the migration, not here: the
-  migration's ``CREATE SCHEMA`` is not idempotent, and the schema's grants and default
-  privileges are versioned with it);
-* ``booking_readonly``; ``booking_backup`` with BYPASSRLS and ``pg_read_all_data``.
+* a long-lived environment creates, through pulumi-postgresql connected as the owner over
+  TLS, every role of :data:`~ptool_ops.privileges.STACK_ROLES` with exactly its attributes
+  (the login roles' passwords write-only, from ``ptool-ops:dbPasswords``), every
+  :data:`~ptool_ops.privileges.MEMBERSHIPS` edge and every
+  :data:`~ptool_ops.privileges.DATABASE_GRANTS` grant — what ``ptool-ops local up`` and
+  migration ``0001_roles_and_schema`` create from the same declarations, so the migration
+  finds them and changes nothing;
+* a preview creates **no role, membership or grant**: a Neon branch is a copy of its parent,
+  roles and password hashes included. It gives the branch's login roles the preview's own
+  passwords instead (``RolePasswords``: ``ALTER ROLE ... PASSWORD`` as the branch's owner), so
+  a preview's credentials never open staging and staging's never open the preview.
 
-Outputs: ``host``, ``database``, the Neon ids, and two secret URLs: ``app_url`` (for the
-backend, as ``booking_app_a``) and ``migrator_url`` (for ptool-ops).
+Not here, on purpose: schemas, their grants and default privileges (migration 0001: its
+``CREATE SCHEMA`` is not idempotent, and privileges are versioned with the schema), the
+``btree_gist`` extension (0001 installs it in ``booking_ext``: one place), and any
+``pg_read_all_data`` membership (on Neon the owner has no ADMIN on it; ``booking_backup``
+reads through the default privileges 0001 grants).
+
+Outputs: ``host``, ``database``, the Neon ids, and four secret URLs, each a login of the
+privilege model: ``operator_url`` (``booking_owner``, Neon's owner password), ``migrator_url``,
+``backup_url`` and ``app_url`` (``booking_app_a``, for the backend).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -30,12 +42,12 @@ import pulumi_postgresql as postgresql
 
 from components.config import NeonConfig
 from components.providers.neon import NeonBranch, NeonProject
+from components.providers.postgres import RolePasswords
+from ptool_ops import privileges
+from ptool_ops.privileges import APP_GROUP, APP_LOGINS, BACKUP, MIGRATOR, OWNER, Role
 
-APP_GROUP = "booking_app"
-APP_LOGINS = ("booking_app_a", "booking_app_b")
-MIGRATOR = "booking_migrator"
-READONLY = "booking_readonly"
-BACKUP = "booking_backup"
+#: logical names the app-login memberships had before they were built from the model
+_LEGACY_MEMBERSHIP_NAMES = {(APP_GROUP, login): f"member-{login}" for login in APP_LOGINS}
 
 
 @dataclass(frozen=True)
@@ -52,16 +64,23 @@ class PreviewSource:
 class DatabaseArgs:
     environment: str
     neon: NeonConfig
-    passwords: pulumi.Input[dict[str, str]]  # secret: login role -> password
+    passwords: pulumi.Input[dict[str, str]]  # secret: login stack role -> password
     protect: bool = False
     preview: PreviewSource | None = None
 
 
 def database_url(
-    host: pulumi.Input[str], database: str, role: str, password: pulumi.Input[str]
+    host: pulumi.Input[str],
+    database: str,
+    role: str,
+    password: pulumi.Input[str],
+    *,
+    after: Sequence[pulumi.Resource] = (),
 ) -> pulumi.Output[str]:
-    """``postgresql://role:password@host/database?sslmode=require`` as a secret."""
-    url = pulumi.Output.all(host, password).apply(
+    """``postgresql://role:password@host/database?sslmode=require`` as a secret, known only
+    once the resources in ``after`` (the role, its password) exist."""
+    ready = [r.urn for r in after]
+    url = pulumi.Output.all(host, password, *ready).apply(
         lambda v: (
             f"postgresql://{role}:{quote(str(v[1]), safe='')}@{v[0]}/{database}?sslmode=require"
         )
@@ -69,20 +88,36 @@ def database_url(
     return pulumi.Output.secret(url)
 
 
+def check_owner(neon: NeonConfig) -> None:
+    if neon.owner_role != OWNER:
+        raise ValueError(
+            f"neon.ownerRole is {neon.owner_role!r}; the privilege model's owner is {OWNER!r}"
+        )
+
+
 class Database(pulumi.ComponentResource):
     host: pulumi.Output[str]
     neon_project_id: pulumi.Output[str]
     neon_branch_id: pulumi.Output[str]
-    app_url: pulumi.Output[str]
+    operator_url: pulumi.Output[str]
     migrator_url: pulumi.Output[str]
+    backup_url: pulumi.Output[str]
+    app_url: pulumi.Output[str]
 
     def __init__(
         self, name: str, args: DatabaseArgs, opts: pulumi.ResourceOptions | None = None
     ) -> None:
         super().__init__("ptool:index:Database", name, None, opts)
         neon = args.neon
+        check_owner(neon)
         child = pulumi.ResourceOptions(parent=self, protect=args.protect)
         self.database = neon.database
+        self.roles: dict[str, postgresql.Role] = {}
+        self.memberships: dict[tuple[str, str], postgresql.GrantRole] = {}
+        self.grants: dict[str, postgresql.Grant] = {}
+        self.role_passwords: RolePasswords | None = None
+        passwords = pulumi.Output.secret(args.passwords)
+
         if args.preview is None:
             project = NeonProject(
                 f"{name}-neon",
@@ -94,7 +129,7 @@ class Database(pulumi.ComponentResource):
                 autoscaling_limit_max_cu=neon.compute_max_cu,
                 suspend_timeout_seconds=neon.suspend_timeout_seconds,
                 database_name=neon.database,
-                owner_role=neon.owner_role,
+                owner_role=OWNER,
                 org_id=neon.org_id,
                 opts=child,
             )
@@ -112,7 +147,7 @@ class Database(pulumi.ComponentResource):
                 autoscaling_limit_min_cu=neon.compute_min_cu,
                 autoscaling_limit_max_cu=neon.compute_max_cu,
                 suspend_timeout_seconds=neon.suspend_timeout_seconds,
-                owner_role=neon.owner_role,
+                owner_role=OWNER,
                 opts=child,
             )
             self.neon_project_id = pulumi.Output.from_input(args.preview.project_id)
@@ -120,101 +155,122 @@ class Database(pulumi.ComponentResource):
             self.host = branch.host
             owner_password = branch.owner_password
 
-        self.sql_provider = postgresql.Provider(
-            f"{name}-sql",
-            host=self.host,
-            port=5432,
-            database=neon.database,
-            username=neon.owner_role,
-            password=owner_password,
-            sslmode="require",
-            superuser=False,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        in_db = pulumi.ResourceOptions(
-            parent=self, provider=self.sql_provider, protect=args.protect
-        )
-        passwords = pulumi.Output.secret(args.passwords)
-
-        def role(login: str, *, can_login: bool, bypass_rls: bool) -> postgresql.Role:
-            # write-only password: sent to PostgreSQL, never kept in state; bump
-            # password_wo_version to push a new one (the rotation engine rotates them
-            # afterwards, so the stack never sets them back)
-            password: pulumi.Output[str] | None = (
-                pulumi.Output.secret(passwords.apply(lambda p: str(p[login])))
-                if can_login
-                else None
-            )
-            return postgresql.Role(
-                f"{name}-role-{login}",
-                name=login,
-                login=can_login,
-                inherit=True,
-                bypass_row_level_security=bypass_rls,
-                superuser=False,
-                create_database=False,
-                create_role=False,
-                password_wo=password,
-                password_wo_version="1" if can_login else None,
-                opts=in_db,
-            )
-
-        group = role(APP_GROUP, can_login=False, bypass_rls=False)
-        logins = {login: role(login, can_login=True, bypass_rls=False) for login in APP_LOGINS}
-        migrator = role(MIGRATOR, can_login=True, bypass_rls=False)
-        readonly = role(READONLY, can_login=True, bypass_rls=False)
-        backup = role(BACKUP, can_login=True, bypass_rls=True)
-        self.roles = {APP_GROUP: group, **logins, MIGRATOR: migrator, READONLY: readonly}
-        self.roles[BACKUP] = backup
-
-        for login, resource in logins.items():
-            postgresql.GrantRole(
-                f"{name}-member-{login}",
-                role=resource.name,
-                grant_role=group.name,
-                opts=in_db,
-            )
-        postgresql.GrantRole(
-            f"{name}-member-{BACKUP}-read-all",
-            role=backup.name,
-            grant_role="pg_read_all_data",
-            opts=in_db,
-        )
-        postgresql.Extension(
-            f"{name}-btree-gist",
-            name="btree_gist",
-            database=neon.database,
-            schema="public",
-            opts=in_db,
-        )
-        for grantee, privileges in (
-            (APP_GROUP, ["CONNECT", "TEMPORARY"]),
-            (READONLY, ["CONNECT"]),
-            (BACKUP, ["CONNECT"]),
-            (MIGRATOR, ["CONNECT", "CREATE", "TEMPORARY"]),
-        ):
-            postgresql.Grant(
-                f"{name}-grant-db-{grantee}",
+        # every URL is handed out once the model is in place on the database
+        ready: list[pulumi.Resource]
+        if args.preview is None:
+            ready = self._provision(name, neon, owner_password, passwords, args.protect)
+        else:
+            self.role_passwords = RolePasswords(
+                f"{name}-role-passwords",
+                host=self.host,
                 database=neon.database,
-                role=self.roles[grantee].name,
-                object_type="database",
-                privileges=privileges,
-                opts=in_db,
+                owner_role=OWNER,
+                owner_password=owner_password,
+                passwords=passwords,
+                opts=pulumi.ResourceOptions(parent=self),
             )
+            ready = [self.role_passwords]
 
-        self.app_url = database_url(
-            self.host, neon.database, APP_LOGINS[0], passwords.apply(lambda p: p[APP_LOGINS[0]])
+        def url(role: str) -> pulumi.Output[str]:
+            password = passwords.apply(lambda p: str(p[role]))
+            return database_url(self.host, neon.database, role, password, after=ready)
+
+        self.operator_url = database_url(
+            self.host, neon.database, OWNER, owner_password, after=ready
         )
-        self.migrator_url = database_url(
-            self.host, neon.database, MIGRATOR, passwords.apply(lambda p: p[MIGRATOR])
-        )
+        self.migrator_url = url(MIGRATOR)
+        self.backup_url = url(BACKUP)
+        self.app_url = url(APP_LOGINS[0])
         self.register_outputs(
             {
                 "host": self.host,
                 "database": neon.database,
                 "neon_project_id": self.neon_project_id,
                 "neon_branch_id": self.neon_branch_id,
-                "app_url": self.app_url,
+                "operator_url": self.operator_url,
                 "migrator_url": self.migrator_url,
+                "backup_url": self.backup_url,
+                "app_url": self.app_url,
             }
         )
+
+    def _provision(
+        self,
+        name: str,
+        neon: NeonConfig,
+        owner_password: pulumi.Input[str],
+        passwords: pulumi.Output[dict[str, str]],
+        protect: bool,
+    ) -> list[pulumi.Resource]:
+        """The model's stack roles, memberships and database grants, made as the owner."""
+        self.sql_provider = postgresql.Provider(
+            f"{name}-sql",
+            host=self.host,
+            port=5432,
+            database=neon.database,
+            username=OWNER,
+            password=owner_password,
+            sslmode="require",
+            superuser=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        in_db = pulumi.ResourceOptions(parent=self, provider=self.sql_provider, protect=protect)
+
+        for spec in privileges.STACK_ROLES:
+            self.roles[spec.name] = _role(name, spec, passwords, in_db)
+
+        def ref(role: str) -> pulumi.Input[str]:
+            # a stack role by its resource (so the grant waits for it), a platform role by name
+            return self.roles[role].name if role in self.roles else role
+
+        for m in privileges.MEMBERSHIPS:
+            legacy = _LEGACY_MEMBERSHIP_NAMES.get((m.group, m.member))
+            self.memberships[(m.group, m.member)] = postgresql.GrantRole(
+                f"{name}-membership-{m.group}-{m.member}",
+                role=ref(m.member),
+                grant_role=ref(m.group),
+                with_admin_option=m.admin,
+                opts=pulumi.ResourceOptions.merge(
+                    in_db,
+                    pulumi.ResourceOptions(
+                        aliases=[pulumi.Alias(name=f"{name}-{legacy}")] if legacy else None
+                    ),
+                ),
+            )
+        for grant in privileges.DATABASE_GRANTS:
+            self.grants[grant.role] = postgresql.Grant(
+                f"{name}-grant-db-{grant.role}",
+                database=neon.database,
+                role=ref(grant.role),
+                object_type="database",
+                privileges=list(grant.privileges),
+                opts=in_db,
+            )
+
+        return [*self.roles.values(), *self.memberships.values(), *self.grants.values()]
+
+
+def _role(
+    name: str, spec: Role, passwords: pulumi.Output[dict[str, str]], opts: pulumi.ResourceOptions
+) -> postgresql.Role:
+    # write-only password: sent to PostgreSQL, never kept in state; bump password_wo_version
+    # to push a new one (the rotation engine rotates them afterwards, so the stack never sets
+    # them back)
+    password: pulumi.Output[str] | None = (
+        pulumi.Output.secret(passwords.apply(lambda p: str(p[spec.name]))) if spec.login else None
+    )
+    attrs = set(spec.attributes)
+    return postgresql.Role(
+        f"{name}-role-{spec.name}",
+        name=spec.name,
+        login=spec.login,
+        inherit=True,
+        superuser=False,
+        create_database="CREATEDB" in attrs,
+        create_role="CREATEROLE" in attrs,
+        replication="REPLICATION" in attrs,
+        bypass_row_level_security="BYPASSRLS" in attrs,
+        password_wo=password,
+        password_wo_version="1" if spec.login else None,
+        opts=opts,
+    )

@@ -1,11 +1,13 @@
 """The Pulumi program of every stack (``stacks/__main__.py`` calls :func:`run`).
 
-One environment = database (Neon) → backend (Railway, ``DATABASE_URL`` from the database) →
-frontend (Vercel, ``NEXT_PUBLIC_API_URL`` from the backend), plus the backup bucket and the
-Secrets Manager secret holding the migrator's database URL for ptool-ops.
+One environment = database (Neon) → backend (Railway, ``DATABASE_URL`` from the database,
+``OPS_TOKEN`` from ``ptool-ops:apiToken``) → frontend (Vercel, ``NEXT_PUBLIC_API_URL`` from the
+backend), plus the Secrets Manager secrets of every credential ptool-ops uses (operator,
+migrator, backup URLs and the ops token) and the backup bucket with the role that runs backups.
 
 The stack outputs are exactly what ``ptool-ops config from-stack`` turns into the
-environment's ``[environments.<name>]`` settings (see ``ptool_ops/platform/stack.py``).
+environment's ``[environments.<name>]`` settings (see ``ptool_ops/platform/stack.py``), plus
+``backupRoleArn``, which only the backup workflow reads.
 """
 
 from __future__ import annotations
@@ -13,20 +15,22 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pulumi
-import pulumi_aws as aws
 
 from components.backend import Backend, BackendArgs, PreviewTarget
 from components.backup_storage import BackupStorage, BackupStorageArgs
 from components.config import (
     EnvironmentConfig,
     StackConfigError,
+    parse_api_token,
     parse_environment,
     parse_passwords,
     preview_environment,
     preview_number,
 )
+from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs, PreviewSource
 from components.frontend import Frontend, FrontendArgs
 
@@ -40,7 +44,7 @@ class Environment:
     backend: Backend
     frontend: Frontend
     backup: BackupStorage
-    database_secret: aws.secretsmanager.Secret
+    credentials: Credentials
 
 
 def load_config(stack: str) -> EnvironmentConfig:
@@ -57,25 +61,37 @@ def preview_expiry(days: int, now: datetime | None = None) -> str:
     return (today + timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _secret_config(stack: str, name: str, how: str) -> Any:
+    """The raw value of secret config ``ptool-ops:<name>``, refused when missing or plain."""
+    key = f"{PROJECT}:{name}"
+    raw = pulumi.runtime.get_config(key)
+    if raw is None:
+        raise StackConfigError(f"stack {stack}: {key} is not set ({how})")
+    if not pulumi.runtime.is_config_secret(key):
+        raise StackConfigError(f"stack {stack}: {key} must be set as a secret (--secret)")
+    return raw
+
+
 def read_passwords(stack: str) -> dict[str, str]:
     """``ptool-ops:dbPasswords``, validated before any resource exists (errors name keys).
 
     Read raw so that a bad value stops the program at once instead of inside an ``apply``;
     the caller wraps the result in ``Output.secret`` straight away.
     """
-    key = f"{PROJECT}:dbPasswords"
-    raw = pulumi.runtime.get_config(key)
-    if raw is None:
-        raise StackConfigError(
-            f"stack {stack}: {key} is not set (pulumi config set --secret --path ...)"
-        )
-    if not pulumi.runtime.is_config_secret(key):
-        raise StackConfigError(f"stack {stack}: {key} must be set as a secret (--secret)")
+    raw = _secret_config(stack, "dbPasswords", "pulumi config set --secret --path ...")
     try:
         value = json.loads(raw) if isinstance(raw, str) else raw
     except ValueError:
-        raise StackConfigError(f"stack {stack}: {key} is not a JSON object") from None
-    return parse_passwords(value, stack=stack).model_dump()
+        raise StackConfigError(
+            f"stack {stack}: {PROJECT}:dbPasswords is not a JSON object"
+        ) from None
+    return parse_passwords(value, stack=stack)
+
+
+def read_api_token(stack: str) -> str:
+    """``ptool-ops:apiToken``: the booking API's ops token, for the backend and ptool-ops."""
+    raw = _secret_config(stack, "apiToken", "pulumi config set --secret ptool-ops:apiToken ...")
+    return parse_api_token(raw, stack=stack)
 
 
 def run() -> Environment:
@@ -83,6 +99,7 @@ def run() -> Environment:
     env = load_config(stack)
     config = pulumi.Config(PROJECT)
     passwords = pulumi.Output.secret(read_passwords(stack))
+    api_token = pulumi.Output.secret(read_api_token(stack))
     source = pulumi.StackReference(env.preview.source_stack) if env.preview is not None else None
 
     db_preview = backend_preview = None
@@ -118,6 +135,7 @@ def run() -> Environment:
             environment=env.name,
             railway=env.railway,
             database_url=database.app_url,
+            ops_token=api_token,
             protect=env.protect,
             preview=backend_preview,
         ),
@@ -135,36 +153,42 @@ def run() -> Environment:
             preview_git_branch=git_branch,
         ),
     )
+    credentials = Credentials(
+        "credentials",
+        CredentialsArgs(
+            environment=env.name,
+            secrets=env.secrets,
+            region=env.backup.region,
+            operator_url=database.operator_url,
+            migrator_url=database.migrator_url,
+            backup_url=database.backup_url,
+            api_token=api_token,
+            protect=env.protect,
+            preview=env.is_preview,
+        ),
+    )
     backup = BackupStorage(
-        "backup", BackupStorageArgs(environment=env.name, backup=env.backup, protect=env.protect)
-    )
-
-    # the migrator's URL for ptool-ops, by reference: ptool-ops reads aws-sm:<name>
-    secret = aws.secretsmanager.Secret(
-        "database-secret",
-        name=env.secrets.database_secret_name,
-        description=f"booking_migrator URL of {env.name} (rotated by ptool-ops)",
-        recovery_window_in_days=0 if env.is_preview else 30,
-        region=env.backup.region,
-        opts=pulumi.ResourceOptions(protect=env.protect),
-    )
-    aws.secretsmanager.SecretVersion(
-        "database-secret-value",
-        secret_id=secret.id,
-        secret_string=database.migrator_url,
-        region=env.backup.region,
-        # set once; afterwards the rotation engine writes new versions
-        opts=pulumi.ResourceOptions(ignore_changes=["secret_string"]),
+        "backup",
+        BackupStorageArgs(
+            environment=env.name,
+            backup=env.backup,
+            protect=env.protect,
+            secret_arns=[credentials.secrets["backup"].arn],
+        ),
     )
 
     # exactly what ptool-ops needs (ptool_ops/platform/stack.py maps each to a setting)
+    refs = credentials.references
     outputs: dict[str, pulumi.Input[object]] = {
         "environment": env.name,
         "kind": "neon",
         "protected": env.protect,
         "apiUrl": backend.url,
+        "apiTokenSecret": refs["api-token"],
         "databaseHost": database.host,
-        "databaseSecret": secret.name.apply(lambda n: f"aws-sm:{n}"),
+        "databaseSecret": refs["operator"],
+        "migratorSecret": refs["migrator"],
+        "backupSecret": refs["backup"],
         "neonProjectId": database.neon_project_id,
         "neonBranchId": database.neon_branch_id,
         "repoUrl": backup.repo_url,
@@ -173,9 +197,13 @@ def run() -> Environment:
         "railwayEnvironmentId": backend.environment_id,
         "railwayServiceId": backend.service_id,
         "vercelProjectId": frontend.project_id,
+        # for the backup workflow only (ptool_ops.platform.stack.WORKFLOW_OUTPUTS)
+        "backupRoleArn": backup.role_arn,
     }
+    if env.backup.key_secret_name:
+        outputs["backupKeySecret"] = f"aws-sm:{env.backup.key_secret_name}"
     if env.vercel.team_id:
         outputs["vercelTeamId"] = env.vercel.team_id
     for key, value in outputs.items():
         pulumi.export(key, value)
-    return Environment(env, database, backend, frontend, backup, secret)
+    return Environment(env, database, backend, frontend, backup, credentials)

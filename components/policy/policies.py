@@ -29,6 +29,9 @@ NEON_BRANCH = "pulumi-python:dynamic/neon:Branch"
 RAILWAY_INSTANCE = "pulumi-python:dynamic/railway:ServiceInstance"
 RAILWAY_VARIABLES = "pulumi-python:dynamic/railway:Variables"
 PG_ROLE = "postgresql:index/role:Role"
+PG_GRANT_ROLE = "postgresql:index/grantRole:GrantRole"
+PG_GRANT = "postgresql:index/grant:Grant"
+PG_EXTENSION = "postgresql:index/extension:Extension"
 VERCEL_ENV = "vercel:index/projectEnvironmentVariable:ProjectEnvironmentVariable"
 BUCKET = "aws:s3/bucket:Bucket"
 VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
@@ -37,6 +40,11 @@ ENCRYPTION = (
 )
 PUBLIC_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 BUCKET_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
+LIFECYCLE = "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+#: the bucket tag naming the repository prefix (components/backup_storage.py sets it)
+REPOSITORY_PREFIX_TAG = "ptool-ops:repository-prefix"
+#: where the repository keeps what only ptool-ops may delete (docs/backup-repository.md)
+PROTECTED_DIRS = ("backups/", "pitr/")
 
 PROD_STACKS = frozenset({"prod"})
 MIN_PROD_RETENTION_SECONDS = 7 * 86_400
@@ -182,6 +190,79 @@ backup_bucket_complete = StackValidationPolicy(
 )
 
 
+def _rule_prefix(rule: dict[str, Any]) -> str | None:
+    """The key prefix a lifecycle rule applies to ("" = every key), None if it applies by
+    tag or size only (and so possibly to any key)."""
+    filt = rule.get("filter") or {}
+    for candidate in (
+        filt.get("prefix"),
+        (filt.get("and") or {}).get("prefix"),
+        rule.get("prefix"),
+    ):
+        if isinstance(candidate, str):
+            return candidate
+    return None if filt else ""
+
+
+def _expires_current(rule: dict[str, Any]) -> str | None:
+    """How an enabled rule expires current objects ("after 90 days"), or None if it does not
+    (noncurrent versions, delete markers and aborted uploads are not current objects)."""
+    if rule.get("status") != "Enabled":
+        return None
+    expiration = rule.get("expiration") or {}
+    if isinstance(expiration, list):  # older schemas: a one-item list
+        expiration = expiration[0] if expiration else {}
+    days, date = expiration.get("days"), expiration.get("date")
+    if days:
+        return f"after {_days(float(days) * 86_400)}"
+    if date:
+        return f"on {date}"
+    return None
+
+
+def _backups_never_expire(args: StackValidationArgs, report: Report) -> None:
+    buckets: dict[str | None, str | None] = {}  # parent urn -> repository prefix (None: unknown)
+    for resource in args.resources:
+        if resource.resource_type == BUCKET:
+            tags = resource.props.get("tags") or {}
+            prefix = tags.get(REPOSITORY_PREFIX_TAG)
+            buckets[_parent_urn(resource)] = str(prefix).rstrip("/") if prefix else None
+    for resource in args.resources:
+        if resource.resource_type != LIFECYCLE:
+            continue
+        repo = buckets.get(_parent_urn(resource))
+        protected = [f"{repo}/{d}" for d in PROTECTED_DIRS] if repo else [""]
+        for rule in resource.props.get("rules") or []:
+            how = _expires_current(rule)
+            prefix = _rule_prefix(rule)
+            if how is None:
+                continue
+            reached = [
+                q
+                for q in protected
+                if prefix is None or prefix.startswith(q) or q.startswith(prefix)
+            ]
+            if reached:
+                where = (
+                    f"'{reached[0]}'" if reached[0] else "the repository (its prefix is unknown)"
+                )
+                report(
+                    f"{_label(resource.name, LIFECYCLE)}: rule {rule.get('id')!r} expires current "
+                    f"objects under {where} {how}; 'ptool-ops backup prune' alone deletes "
+                    "backups (by the retention policy), and WAL must outlive the base backups "
+                    "that need it.",
+                    resource.urn,
+                )
+
+
+backups_never_expire = StackValidationPolicy(
+    name="backups-never-expire",
+    description="No lifecycle rule expires current objects under backups/ or pitr/.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_backups_never_expire,
+)
+
+
 # -- secrets ----------------------------------------------------------------------------
 
 
@@ -281,6 +362,25 @@ def _preview_expires(
         report(f"{label} expires more than {MAX_PREVIEW_LIFETIME.days} days from now.")
 
 
+def _preview_creates_no_roles(args: ResourceValidationArgs, report: Report) -> None:
+    if not PREVIEW_STACK.match(stack_of(args.urn)):
+        return
+    if args.resource_type in (PG_ROLE, PG_GRANT_ROLE, PG_GRANT, PG_EXTENSION):
+        report(
+            f"{_label(args.name, args.resource_type)} in preview stack {stack_of(args.urn)}: a "
+            "Neon branch brings its parent's roles, memberships, grants and extensions; a "
+            "preview sets its logins' passwords only (RolePasswords)."
+        )
+
+
+preview_creates_no_roles = ResourceValidationPolicy(
+    name="preview-creates-no-roles",
+    description="A preview stack creates no role, membership, grant or extension.",
+    enforcement_level=EnforcementLevel.MANDATORY,
+    validate=_preview_creates_no_roles,
+)
+
+
 preview_branches_expire = ResourceValidationPolicy(
     name="preview-branches-expire",
     description="A preview stack's Neon branch expires within 30 days.",
@@ -293,8 +393,10 @@ ALL_POLICIES: list[Policy] = [
     prod_database_protected,
     backup_bucket_settings,
     backup_bucket_complete,
+    backups_never_expire,
     no_plaintext_secrets,
     health_check_path,
     backend_declared,
     preview_branches_expire,
+    preview_creates_no_roles,
 ]

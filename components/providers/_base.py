@@ -1,4 +1,5 @@
-"""What every dynamic provider here shares.
+"""What every dynamic provider here shares (``InputsProvider``; ``ApiProvider`` adds the
+credentials of one HTTP API).
 
 * **Inputs are a pydantic model.** ``check`` validates the new inputs against it and turns each
   error into a ``CheckFailure`` naming the property; values still unknown at preview are
@@ -44,45 +45,13 @@ def _inputs_only(props: Mapping[str, Any], model: type[ProviderInputs]) -> dict[
     return {k: v for k, v in props.items() if k in model.model_fields}
 
 
-class ApiProvider(_ResourceProvider):
-    """A provider over one HTTP API whose credentials come from config or the environment."""
+class InputsProvider(_ResourceProvider):
+    """A provider whose inputs are a pydantic model: ``check``, ``diff`` and ``parse``."""
 
     serialize_as_secret_always = False  # __provider holds no secret: credentials come later
 
     INPUTS: ClassVar[type[ProviderInputs]]
     REPLACE_ON: ClassVar[frozenset[str]] = frozenset()
-    SERVICE: ClassVar[str]
-    KEY_CONFIG: ClassVar[str]  # e.g. "neonApiKey" (in the project's namespace)
-    KEY_ENV: ClassVar[str]  # e.g. "NEON_API_KEY"
-    URL_CONFIG: ClassVar[str]
-    URL_ENV: ClassVar[str]
-    DEFAULT_URL: ClassVar[str]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._key: str | None = None
-        self._url: str | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # never pickle credentials, even if configure() ran in this process
-        return {**self.__dict__, "_key": None, "_url": None}
-
-    def configure(self, req: ConfigureRequest) -> None:
-        key = req.config.get(self.KEY_CONFIG)
-        url = req.config.get(self.URL_CONFIG)
-        self._key = str(key) if key else None
-        self._url = str(url) if url else None
-
-    def credentials(self) -> tuple[str, str]:
-        key = self._key or os.environ.get(self.KEY_ENV)
-        if not key:
-            # the engine shows only the message: it carries the remedy
-            raise ConfigError(
-                f"no {self.SERVICE} credentials: set the secret stack config "
-                f"ptool-ops:{self.KEY_CONFIG} or {self.KEY_ENV}."
-            )
-        url = self._url or os.environ.get(self.URL_ENV) or self.DEFAULT_URL
-        return key, url
 
     # -- check / diff ---------------------------------------------------------------------
 
@@ -133,6 +102,43 @@ class ApiProvider(_ResourceProvider):
             stables=stables,
             delete_before_replace=bool(replaces),
         )
+
+
+class ApiProvider(InputsProvider):
+    """A provider over one HTTP API whose credentials come from config or the environment."""
+
+    SERVICE: ClassVar[str]
+    KEY_CONFIG: ClassVar[str]  # e.g. "neonApiKey" (in the project's namespace)
+    KEY_ENV: ClassVar[str]  # e.g. "NEON_API_KEY"
+    URL_CONFIG: ClassVar[str]
+    URL_ENV: ClassVar[str]
+    DEFAULT_URL: ClassVar[str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._key: str | None = None
+        self._url: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # never pickle credentials, even if configure() ran in this process
+        return {**self.__dict__, "_key": None, "_url": None}
+
+    def configure(self, req: ConfigureRequest) -> None:
+        key = req.config.get(self.KEY_CONFIG)
+        url = req.config.get(self.URL_CONFIG)
+        self._key = str(key) if key else None
+        self._url = str(url) if url else None
+
+    def credentials(self) -> tuple[str, str]:
+        key = self._key or os.environ.get(self.KEY_ENV)
+        if not key:
+            # the engine shows only the message: it carries the remedy
+            raise ConfigError(
+                f"no {self.SERVICE} credentials: set the secret stack config "
+                f"ptool-ops:{self.KEY_CONFIG} or {self.KEY_ENV}."
+            )
+        url = self._url or os.environ.get(self.URL_ENV) or self.DEFAULT_URL
+        return key, url
 
 
 def _defaulted(name: str, olds: Mapping[str, Any], news: Mapping[str, Any]) -> bool:

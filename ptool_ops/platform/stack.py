@@ -4,9 +4,14 @@ The Pulumi program exports exactly the outputs listed in :data:`OUTPUT_KEYS`, ea
 of one ptool-ops setting, so the stack and ``ptool-ops.toml`` cannot drift: an output this
 module does not know, or a missing required one, is an error rather than a silent skip.
 
-Secrets are never written: the database is reached through ``database_secret`` (a secret
-reference such as ``aws-sm:ptool/prod/booking/migrator``), and an output that is a secret
-(``[secret]`` in ``pulumi stack output --json``, or a URL with a password) is refused.
+Secrets are never written: every credential is a secret reference the stack provisioned in
+AWS Secrets Manager -- ``database_secret`` (the operator, ``booking_owner``),
+``migrator_secret``, ``backup_secret``, ``api_token_secret`` (the booking API's ops token),
+e.g. ``aws-sm:ptool/prod/booking/migrator`` -- and an output that is a secret (``[secret]`` in
+``pulumi stack output --json``, or a URL with a password) is refused.
+
+:data:`WORKFLOW_OUTPUTS` are outputs for CI workflows, not settings (the backup role's ARN):
+accepted and not written.
 
 The ``[environments.<name>]`` table is merged into the file as text: other tables, comments
 and keys of the table the stack does not set are kept.
@@ -32,8 +37,12 @@ OUTPUT_KEYS: dict[str, str] = {
     "kind": "kind",
     "protected": "protected",
     "apiUrl": "api_url",
+    "apiTokenSecret": "api_token_secret",
     "databaseHost": "database_host",
     "databaseSecret": "database_secret",
+    "migratorSecret": "migrator_secret",
+    "backupSecret": "backup_secret",
+    "backupKeySecret": "backup_key_secret",
     "neonProjectId": "neon_project_id",
     "neonBranchId": "neon_branch_id",
     "repoUrl": "repo_url",
@@ -46,7 +55,19 @@ OUTPUT_KEYS: dict[str, str] = {
 }
 """Stack output → setting. ``environment`` names the table and is not a setting."""
 
-REQUIRED_OUTPUTS = ("environment", "apiUrl", "databaseSecret", "neonProjectId", "repoUrl")
+WORKFLOW_OUTPUTS = frozenset({"backupRoleArn"})
+"""Stack outputs that CI workflows read (``steps.<id>.outputs.<name>``), never settings."""
+
+REQUIRED_OUTPUTS = (
+    "environment",
+    "apiUrl",
+    "apiTokenSecret",
+    "databaseSecret",
+    "migratorSecret",
+    "backupSecret",
+    "neonProjectId",
+    "repoUrl",
+)
 SECRET_MARKER = "[secret]"  # noqa: S105 - how the CLI masks a secret output, not a secret
 _URL_PASSWORD = re.compile(r"://[^/\s:@]+:[^@\s]+@")
 _ENV_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -92,7 +113,7 @@ def settings_from_outputs(
     outputs: Mapping[str, Any], *, name: str | None = None
 ) -> tuple[str, dict[str, Any]]:
     """The environment's name and its settings from the stack outputs (validated)."""
-    unknown = sorted(set(outputs) - set(OUTPUT_KEYS) - {"environment"})
+    unknown = sorted(set(outputs) - set(OUTPUT_KEYS) - WORKFLOW_OUTPUTS - {"environment"})
     if unknown:
         raise ConfigError(
             f"stack output {unknown[0]!r} is not a ptool-ops setting.",

@@ -3,7 +3,7 @@
 * ``mocks`` — a fresh event loop whose default executor runs inline (pulumi/pulumi#7663),
   the root stack and config reset, and :class:`RecordingMocks` recording every resource.
 * ``run_program(stack, environment, ...)`` — runs ``components.program.run`` for ``stack``
-  to completion with the test passwords and API keys as secret config, records each
+  to completion with the test passwords, ops token and API keys as secret config, records each
   resource's options and parent (through a stack transformation), and returns the stack
   outputs as ``{name: (value, is_secret)}``.
 * ``fake_neon`` / ``fake_railway`` — the loopback fakes of ``tests/iac/fakes.py``.
@@ -32,6 +32,9 @@ PASSWORDS = {
     "booking_readonly": "readonly-Pa55word-012345",
     "booking_backup": "backup-Pa55word-01234567",
 }
+API_TOKEN = "ops-token-0123456789abcdef0123456789abcdef"
+OWNER_PASSWORD = "neon-owner-password"
+ACCOUNT_ID = "123456789012"
 STAGING_OUTPUTS = {
     "neonProjectId": "prj-staging",
     "neonBranchId": "br-staging-main",
@@ -67,7 +70,7 @@ def _mock_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
             "branch_id": f"br-{name}",
             "endpoint_id": f"ep-{name}",
             "host": f"ep-{name}.eu-central-1.aws.neon.tech",
-            "owner_password": "neon-owner-password",
+            "owner_password": OWNER_PASSWORD,
             "actual_history_retention_seconds": inputs.get("history_retention_seconds"),
         }
     if typ == "pulumi-python:dynamic/neon:Branch":
@@ -75,7 +78,7 @@ def _mock_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
             "branch_id": f"br-{name}",
             "endpoint_id": f"ep-{name}",
             "host": f"ep-{name}.eu-central-1.aws.neon.tech",
-            "owner_password": "neon-owner-password",
+            "owner_password": OWNER_PASSWORD,
         }
     if typ == "pulumi-python:dynamic/railway:Project":
         return {"project_id": f"rw-prj-{name}", "default_environment_id": f"rw-env-{name}"}
@@ -86,13 +89,23 @@ def _mock_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
     if typ == "pulumi-python:dynamic/railway:ServiceInstance":
         return {"domain": f"{name}.up.railway.app", "domain_id": f"dom-{name}"}
     if typ == "aws:iam/policy:Policy":
-        return {"arn": f"arn:aws:iam::123456789012:policy/{inputs.get('name')}"}
+        return {"arn": f"arn:aws:iam::{ACCOUNT_ID}:policy/{inputs.get('name')}"}
+    if typ == "aws:iam/role:Role":
+        return {"arn": f"arn:aws:iam::{ACCOUNT_ID}:role/{inputs.get('name')}"}
+    if typ == "aws:secretsmanager/secret:Secret":
+        region = inputs.get("region", "eu-central-1")
+        secret = inputs.get("name")
+        return {"arn": f"arn:aws:secretsmanager:{region}:{ACCOUNT_ID}:secret:{secret}-AbCdEf"}
     return {}
+
+
+CALLER_IDENTITY = "aws:index/getCallerIdentity:getCallerIdentity"
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
     def __init__(self) -> None:
         self.resources: list[pulumi.runtime.MockResourceArgs] = []
+        self.calls: list[pulumi.runtime.MockCallArgs] = []
         self.options: dict[str, pulumi.ResourceOptions] = {}
         self.parents: dict[str, str | None] = {}  # resource name -> parent's name
 
@@ -103,6 +116,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return f"{args.name}_id", {**args.inputs, **_mock_outputs(args)}
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        self.calls.append(args)
+        if args.token == CALLER_IDENTITY:
+            return {
+                "accountId": ACCOUNT_ID,
+                "arn": f"arn:aws:iam::{ACCOUNT_ID}:user/ci",
+                "id": ACCOUNT_ID,
+                "userId": "AIDACI",
+            }
         return {}
 
     def by_type(self, typ: str) -> list[pulumi.runtime.MockResourceArgs]:
@@ -137,6 +158,7 @@ class ProgramRun:
         pulumi.runtime.set_mocks(self.mocks, project=PROJECT, stack=stack, preview=False)
         secret_values = {
             f"{PROJECT}:dbPasswords": json.dumps(PASSWORDS),
+            f"{PROJECT}:apiToken": API_TOKEN,
             f"{PROJECT}:neonApiKey": "neon-key",
             f"{PROJECT}:railwayToken": "railway-token",
             **(secrets or {}),

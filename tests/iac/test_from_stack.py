@@ -1,4 +1,5 @@
-"""``ptool-ops config from-stack``: stack outputs → ``[environments.<name>]``, never secrets."""
+"""``ptool-ops config from-stack``: stack outputs → ``[environments.<name>]``, never secrets;
+every credential the CLI uses arrives as a secret reference."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from typing import Any
 import pytest
 
 from ptool_ops.errors import ConfigError
-from ptool_ops.platform.stack import OUTPUT_KEYS, merge_environment
+from ptool_ops.platform.stack import OUTPUT_KEYS, WORKFLOW_OUTPUTS, merge_environment
 from ptool_ops.settings import load_environment
 from tests.conftest import Cli
-from tests.iac.conftest import ProgramRun
+from tests.iac.conftest import API_TOKEN, OWNER_PASSWORD, PASSWORDS, ProgramRun
 from tests.iac.test_program import stack_environment
 
 OUTPUTS = {
@@ -20,8 +21,11 @@ OUTPUTS = {
     "kind": "neon",
     "protected": False,
     "apiUrl": "https://api-staging.up.railway.app",
+    "apiTokenSecret": "aws-sm:ptool/staging/booking/api-token",
     "databaseHost": "ep-cool-1.eu-central-1.aws.neon.tech",
-    "databaseSecret": "aws-sm:ptool/staging/booking/migrator",
+    "databaseSecret": "aws-sm:ptool/staging/booking/operator",
+    "migratorSecret": "aws-sm:ptool/staging/booking/migrator",
+    "backupSecret": "aws-sm:ptool/staging/booking/backup",
     "neonProjectId": "prj-staging",
     "neonBranchId": "br-main",
     "repoUrl": "s3://ptool-backups-staging/booking",
@@ -31,6 +35,14 @@ OUTPUTS = {
     "railwayServiceId": "rw-svc",
     "vercelProjectId": "prj_web",
     "vercelTeamId": "team_ptool",
+    "backupRoleArn": "arn:aws:iam::123456789012:role/ptool-staging-backup",
+}
+#: the four credentials of the CLI: stack output -> setting
+SECRET_OUTPUTS = {
+    "databaseSecret": "database_secret",
+    "migratorSecret": "migrator_secret",
+    "backupSecret": "backup_secret",
+    "apiTokenSecret": "api_token_secret",
 }
 
 
@@ -42,9 +54,11 @@ def test_writes_a_new_environment_table(cli: Cli) -> None:
     data = tomllib.loads((cli.cwd / "ptool-ops.toml").read_text())
     table = data["environments"]["staging"]
     assert table["api_url"] == OUTPUTS["apiUrl"]
-    assert table["database_secret"] == OUTPUTS["databaseSecret"]
+    for output, setting in SECRET_OUTPUTS.items():
+        assert table[setting] == OUTPUTS[output]
     assert table["neon_project_id"] == "prj-staging" and table["protected"] is False
     assert "environment" not in table
+    assert "backupRoleArn" not in table and "backup_role_arn" not in table  # CI's, not ours
     shown = cli("--env staging config show -o json")
     assert shown.exit_code == 0, shown.output
     assert shown.json()["repo_url"] == OUTPUTS["repoUrl"]
@@ -87,6 +101,9 @@ def test_dry_run_writes_nothing(cli: Cli) -> None:
     [
         ({"databaseUrl": "[secret]"}, "stack output 'databaseUrl' is not a ptool-ops setting"),
         ({"databaseSecret": "[secret]"}, "stack output 'databaseSecret' is a secret"),
+        ({"backupSecret": "postgresql://booking_backup:hunter2@h/booking"}, "is a secret"),
+        ({"migratorSecret": None}, "the stack outputs have no 'migratorSecret'"),
+        ({"apiTokenSecret": "hunter2"}, "setting 'api_token_secret' is invalid"),
         ({"apiUrl": "postgres://u:hunter2@h/db"}, "stack output 'apiUrl' is a secret"),
         ({"repoUrl": None}, "the stack outputs have no 'repoUrl'"),
         ({"repoUrl": "gs://bucket"}, "setting 'repo_url' is invalid: must start with s3://"),
@@ -114,19 +131,50 @@ def test_merge_creates_valid_toml_from_nothing() -> None:
     assert tomllib.loads(text) == {"environments": {"dev": {"api_url": 'https://x/"q"'}}}
 
 
+@pytest.mark.parametrize("stack", ["dev", "staging", "prod", "pr-42"])
 def test_every_stack_output_is_a_setting_ptool_ops_loads(
-    run_program: ProgramRun, cli: Cli, monkeypatch: pytest.MonkeyPatch
+    stack: str, run_program: ProgramRun, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The two halves cannot drift: the program's outputs, exported as 'pulumi stack output
-    --json' would, become settings that load_environment accepts."""
-    outputs = {k: v for k, (v, _secret) in run_program("prod", stack_environment("prod")).items()}
-    assert set(outputs) - {"environment"} <= set(OUTPUT_KEYS)
+    --json' would, become settings that load_environment accepts -- every credential the CLI
+    uses as a reference to the secret the stack wrote, none as a value."""
+    preview = stack.startswith("pr-")
+    ran = run_program(
+        stack,
+        None if preview else stack_environment(stack),
+        extra={"ptool-ops:gitBranch": "feature/x"} if preview else None,
+    )
+    outputs = {k: v for k, (v, _secret) in ran.items()}
+    assert not any(secret for _, secret in ran.values())
+    assert set(outputs) - {"environment"} <= set(OUTPUT_KEYS) | WORKFLOW_OUTPUTS
+    assert set(SECRET_OUTPUTS) <= set(outputs)
+    text = json.dumps(outputs)
+    for value in (*PASSWORDS.values(), API_TOKEN, OWNER_PASSWORD):
+        assert value not in text
     result = cli("config from-stack", input=json.dumps(outputs))
     assert result.exit_code == 0, result.output
     monkeypatch.chdir(cli.cwd)
-    settings = load_environment("prod")
-    assert settings.kind == "neon" and settings.needs_confirmation
+    settings = load_environment(stack)
+    assert settings.kind == "neon" and settings.needs_confirmation == (stack == "prod")
     assert settings.api_url == outputs["apiUrl"]
-    assert settings.database_secret == "aws-sm:ptool/prod/booking/migrator"
+    prefix = f"aws-sm:ptool/{stack}/booking"
+    assert settings.database_secret == f"{prefix}/operator"
+    assert settings.migrator_secret == f"{prefix}/migrator"
+    assert settings.backup_secret == f"{prefix}/backup"
+    assert settings.api_token_secret == f"{prefix}/api-token"
     assert settings.neon_branch_id == outputs["neonBranchId"]
-    assert settings.database_url is None  # by reference only
+    # by reference only: no secret value was written
+    assert settings.database_url is None and settings.migrator_url is None
+    assert settings.backup_url is None
+    table = tomllib.loads((cli.cwd / "ptool-ops.toml").read_text())["environments"][stack]
+    assert not {"database_url", "migrator_url", "backup_url", "api_token"} & set(table)
+    assert "backup_role_arn" not in table and not any(
+        "arn:aws:iam" in str(v) for v in table.values()
+    )
+
+
+def test_output_keys_map_the_four_credentials() -> None:
+    for output, setting in SECRET_OUTPUTS.items():
+        assert OUTPUT_KEYS[output] == setting
+    assert OUTPUT_KEYS["backupKeySecret"] == "backup_key_secret"
+    assert not WORKFLOW_OUTPUTS & set(OUTPUT_KEYS)

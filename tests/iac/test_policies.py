@@ -142,10 +142,12 @@ def test_backup_bucket_settings(
     assert message.startswith("backup-x (") and expected in message
 
 
-def policy_resource(typ: str, name: str, parent: PolicyResource | None) -> PolicyResource:
+def policy_resource(
+    typ: str, name: str, parent: PolicyResource | None, props: dict[str, Any] | None = None
+) -> PolicyResource:
     return PolicyResource(
         resource_type=typ,
-        props={},
+        props=props or {},
         urn=urn("prod", typ, name),
         name=name,
         opts=opts(),
@@ -228,6 +230,90 @@ def test_preview_branches_expire() -> None:
     assert check({"expires_at": None}, stack="staging") == []  # only previews must expire
 
 
+def _lifecycle_stack(
+    rules: list[dict[str, Any]], repository_prefix: str | None = "booking"
+) -> StackValidationArgs:
+    component = policy_resource("ptool:index:BackupStorage", "backup", None)
+    tags = {} if repository_prefix is None else {p.REPOSITORY_PREFIX_TAG: repository_prefix}
+    bucket = policy_resource(p.BUCKET, "backup-bucket", component, {"tags": tags})
+    lifecycle = policy_resource(p.LIFECYCLE, "backup-lifecycle", component, {"rules": rules})
+    return StackValidationArgs(resources=[component, bucket, lifecycle])
+
+
+def _rule(**fields: Any) -> dict[str, Any]:
+    return {"id": "r", "status": "Enabled", **fields}
+
+
+@pytest.mark.parametrize(
+    ("rule", "reached"),
+    [
+        (
+            _rule(filter={"prefix": "booking/backups/"}, expiration={"days": 90.0}),
+            "'booking/backups/'",
+        ),
+        (
+            _rule(filter={"prefix": "booking/backups/2026"}, expiration={"days": 1}),
+            "'booking/backups/'",
+        ),
+        (_rule(filter={"prefix": "booking/pitr/"}, expiration={"days": 14}), "'booking/pitr/'"),
+        (_rule(filter={"prefix": "booking/"}, expiration={"days": 400}), "'booking/backups/'"),
+        (_rule(filter={"prefix": ""}, expiration={"date": "2027-01-01T00:00:00Z"}), "'booking/"),
+        (_rule(expiration={"days": 30}), "'booking/backups/'"),  # no filter: the whole bucket
+        (_rule(filter={"tag": {"key": "k", "value": "v"}}, expiration={"days": 30}), "'booking/"),
+        (
+            _rule(
+                filter={"and": {"prefix": "booking/backups/", "tags": {}}}, expiration={"days": 9}
+            ),
+            "'booking/backups/'",
+        ),
+        (_rule(prefix="booking/backups/", expiration={"days": 9}), "'booking/backups/'"),
+    ],
+)
+def test_no_rule_may_expire_backups_or_wal(rule: dict[str, Any], reached: str) -> None:
+    found = run(p.backups_never_expire, _lifecycle_stack([rule]))
+    assert len(found) == 1, found
+    message, where = found[0]
+    assert message.startswith("backup-lifecycle (BucketLifecycleConfiguration): rule 'r' expires")
+    assert f"under {reached}" in message and where == urn("prod", p.LIFECYCLE, "backup-lifecycle")
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        _rule(filter={"prefix": ""}, noncurrentVersionExpiration={"noncurrentDays": 30}),
+        _rule(filter={"prefix": ""}, expiration={"expiredObjectDeleteMarker": True}),
+        _rule(filter={"prefix": ""}, abortIncompleteMultipartUpload={"daysAfterInitiation": 7}),
+        _rule(filter={"prefix": "scratch/"}, expiration={"days": 1}),  # outside the repository
+        _rule(filter={"prefix": "booking/tmp/"}, expiration={"days": 1}),
+        {
+            **_rule(filter={"prefix": "booking/backups/"}, expiration={"days": 1}),
+            "status": "Disabled",
+        },
+    ],
+)
+def test_rules_that_keep_every_current_backup_pass(rule: dict[str, Any]) -> None:
+    assert run(p.backups_never_expire, _lifecycle_stack([rule])) == []
+
+
+def test_without_the_repository_tag_any_expiry_is_refused() -> None:
+    rule = _rule(filter={"prefix": "scratch/"}, expiration={"days": 1})
+    ((message, _),) = run(p.backups_never_expire, _lifecycle_stack([rule], None))
+    assert "under the repository (its prefix is unknown) after 1 day;" in message
+
+
+def test_a_preview_creates_no_roles_grants_or_extensions() -> None:
+    for typ in (p.PG_ROLE, p.PG_GRANT_ROLE, p.PG_GRANT, p.PG_EXTENSION):
+        args = resource_args(typ, {"name": "booking_app"}, name="database-x", stack="pr-42")
+        (message,) = messages(p.preview_creates_no_roles, args)
+        assert message.startswith("database-x (") and "in preview stack pr-42" in message
+        staging = resource_args(typ, {"name": "booking_app"}, name="database-x", stack="staging")
+        assert run(p.preview_creates_no_roles, staging) == []
+    reset = resource_args(
+        "pulumi-python:dynamic/postgres:RolePasswords", {}, name="database-rp", stack="pr-42"
+    )
+    assert run(p.preview_creates_no_roles, reset) == []
+
+
 # -- the programs against the whole pack ------------------------------------------------
 
 
@@ -290,6 +376,15 @@ def test_every_stack_passes_the_pack(
 def test_preview_stack_passes_the_pack(run_program: ProgramRun, mocks: RecordingMocks) -> None:
     run_program("pr-7", None, extra={"ptool-ops:gitBranch": "pr-branch"})
     assert evaluate(mocks, "pr-7") == []
+
+
+def test_roles_declared_in_a_preview_stack_fail_the_pack(
+    run_program: ProgramRun, mocks: RecordingMocks
+) -> None:
+    """Were the roles of a long-lived stack declared in a preview, the pack would stop it."""
+    run_program("staging", stack_environment("staging"))
+    found = {m.split(":", 1)[0] for m, _ in evaluate(mocks, "pr-7")}
+    assert "preview-creates-no-roles" in found
 
 
 def test_prod_with_one_day_of_retention_is_rejected(

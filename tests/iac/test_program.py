@@ -13,7 +13,16 @@ import pytest
 import yaml
 
 from components.config import StackConfigError, preview_environment
-from tests.iac.conftest import PASSWORDS, SECRET_SIG, STAGING_OUTPUTS, ProgramRun, RecordingMocks
+from tests.iac.conftest import (
+    ACCOUNT_ID,
+    API_TOKEN,
+    OWNER_PASSWORD,
+    PASSWORDS,
+    SECRET_SIG,
+    STAGING_OUTPUTS,
+    ProgramRun,
+    RecordingMocks,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 STACKS = ("dev", "staging", "prod")
@@ -88,41 +97,48 @@ def test_stack_builds_every_component_wired(
     assert project.inputs["framework"] == "nextjs"
     assert project.inputs["gitRepository"]["repo"] == env["vercel"]["repo"]
 
-    # database roles: write-only passwords, the migration's attributes
+    # database roles: write-only passwords (the model's roles: tests/iac/test_database.py)
     roles = {r.inputs["name"]: r.inputs for r in mocks.by_type(PG_ROLE)}
     assert set(roles) == {"booking_app", *PASSWORDS}
     assert roles["booking_app"]["login"] is False and "passwordWo" not in roles["booking_app"]
-    assert roles["booking_backup"]["bypassRowLevelSecurity"] is True
-    assert all(
-        r["bypassRowLevelSecurity"] is False for n, r in roles.items() if n != "booking_backup"
-    )
     for name in PASSWORDS:
         assert is_secret(roles[name]["passwordWo"]) and "password" not in roles[name]
-    members = {
-        (r.inputs["role"], r.inputs["grantRole"])
-        for r in mocks.by_type("postgresql:index/grantRole:GrantRole")
-    }
-    assert members == {
-        ("booking_app_a", "booking_app"),
-        ("booking_app_b", "booking_app"),
-        ("booking_backup", "pg_read_all_data"),
-    }
-    assert mocks.one("postgresql:index/extension:Extension").inputs["name"] == "btree_gist"
+    assert not mocks.by_type("postgresql:index/extension:Extension")  # migration 0001's
     provider = mocks.one("pulumi:providers:postgresql")
     assert provider.inputs["host"] == host and provider.inputs["sslmode"] == "require"
-    assert is_secret(provider.inputs["password"])
+    assert provider.inputs["username"] == "booking_owner" and is_secret(provider.inputs["password"])
 
-    # the migrator's URL goes to Secrets Manager, and only its reference is an output
-    secret_value = mocks.one("aws:secretsmanager/secretVersion:SecretVersion")
-    assert is_secret(secret_value.inputs["secretString"])
-    assert unwrap(secret_value.inputs["secretString"]).startswith("postgresql://booking_migrator:")
+    # every credential ptool-ops uses goes to Secrets Manager; only references are outputs
+    prefix = env["secrets"]["namePrefix"]
+    versions = {
+        r.name.removeprefix("credentials-").removesuffix("-value"): r
+        for r in mocks.by_type("aws:secretsmanager/secretVersion:SecretVersion")
+    }
+    assert set(versions) == {"operator", "migrator", "backup", "api-token"}
+    for version in versions.values():
+        assert is_secret(version.inputs["secretString"])
+    assert unwrap(versions["operator"].inputs["secretString"]) == (
+        f"postgresql://booking_owner:{OWNER_PASSWORD}@{host}/booking?sslmode=require"
+    )
+    assert unwrap(versions["migrator"].inputs["secretString"]).startswith(
+        f"postgresql://booking_migrator:{PASSWORDS['booking_migrator']}@{host}/"
+    )
+    assert unwrap(versions["backup"].inputs["secretString"]).startswith(
+        f"postgresql://booking_backup:{PASSWORDS['booking_backup']}@{host}/"
+    )
+    assert unwrap(versions["api-token"].inputs["secretString"]) == API_TOKEN
 
     # outputs: exactly what ptool-ops needs, nothing secret
-    assert outputs["databaseSecret"] == (f"aws-sm:{env['secrets']['databaseSecretName']}", False)
+    assert outputs["databaseSecret"] == (f"aws-sm:{prefix}/operator", False)
+    assert outputs["migratorSecret"] == (f"aws-sm:{prefix}/migrator", False)
+    assert outputs["backupSecret"] == (f"aws-sm:{prefix}/backup", False)
+    assert outputs["apiTokenSecret"] == (f"aws-sm:{prefix}/api-token", False)
     assert outputs["repoUrl"][0] == f"s3://{env['backup']['bucket']}/booking"
     assert outputs["neonProjectId"][0] == f"prj-{neon.name}"
+    assert outputs["backupRoleArn"][0] == f"arn:aws:iam::{ACCOUNT_ID}:role/ptool-{stack}-backup"
     assert not any(secret for _, secret in outputs.values())
-    assert not any(PASSWORDS["booking_migrator"] in json.dumps(v) for v, _ in outputs.values())
+    exported = json.dumps([v for v, _ in outputs.values()])
+    assert not any(value in exported for value in (*PASSWORDS.values(), API_TOKEN))
 
 
 def test_prod_protects_its_data_and_keeps_history(
@@ -133,8 +149,12 @@ def test_prod_protects_its_data_and_keeps_history(
     for name in (
         "database-neon",
         "database-role-booking_app_a",
+        "database-membership-booking_app-booking_app_a",
         "backup-bucket",
-        "database-secret",
+        "credentials-operator",
+        "credentials-migrator",
+        "credentials-backup",
+        "credentials-api-token",
     ):
         assert opts[name].protect is True, name
     assert mocks.one(NEON_PROJECT).inputs["history_retention_seconds"] >= 7 * 86400
@@ -180,7 +200,11 @@ def test_preview_stack_branches_staging(run_program: ProgramRun, mocks: Recordin
     assert outputs["environment"][0] == "pr-42"
     assert outputs["neonBranchId"][0] == f"br-{branch.name}"
     assert mocks.one("aws:s3/bucket:Bucket").inputs["bucket"] == "ptool-backups-pr-42"
-    assert mocks.one("aws:secretsmanager/secret:Secret").inputs["recoveryWindowInDays"] == 0
+    secrets = mocks.by_type("aws:secretsmanager/secret:Secret")
+    assert {s.inputs["name"] for s in secrets} == {
+        f"ptool/pr-42/booking/{kind}" for kind in ("operator", "migrator", "backup", "api-token")
+    }
+    assert all(s.inputs["recoveryWindowInDays"] == 0 for s in secrets)
 
 
 def test_preview_template_gives_each_pr_its_own_names() -> None:
