@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -135,6 +136,21 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+#: the width of output to a pipe or file: wide enough that no table cell is cut or wrapped
+#: (rich would assume 80 columns and truncate cells with "…")
+PIPE_WIDTH = 1000
+
+
+def _width(stream: Any) -> int | None:
+    """None (rich asks the terminal, or COLUMNS) on a terminal; :data:`PIPE_WIDTH` else."""
+    try:
+        if stream.isatty() or os.environ.get("COLUMNS"):
+            return None
+    except (AttributeError, ValueError):
+        pass
+    return PIPE_WIDTH
+
+
 class Output:
     """Everything a command shows: results on stdout, messages and progress on stderr."""
 
@@ -164,7 +180,12 @@ class Output:
         if self._out is None:
             from rich.console import Console
 
-            self._out = Console(file=self._stdout, highlight=False, soft_wrap=True)  # type: ignore[arg-type]
+            self._out = Console(
+                file=self._stdout,  # type: ignore[arg-type]
+                highlight=False,
+                soft_wrap=True,
+                width=_width(self._stdout),
+            )
         return self._out
 
     @property
@@ -172,7 +193,12 @@ class Output:
         if self._err is None:
             from rich.console import Console
 
-            self._err = Console(file=self._stderr, highlight=False, soft_wrap=True)  # type: ignore[arg-type]
+            self._err = Console(
+                file=self._stderr,  # type: ignore[arg-type]
+                highlight=False,
+                soft_wrap=True,
+                width=_width(self._stderr),
+            )
         return self._err
 
     def result(self, data: Any, render: Callable[[Console], None] | None = None) -> None:

@@ -8,7 +8,7 @@ Exit codes (documented in README.md — keep the two in step):
 ===  ==========================  =========================================================
  0   ok
  1   ProblemsFound               the command ran and found problems (status, invariants)
- 2   (usage)                     the command line itself is wrong (Click's own code)
+ 2   UsageError                  the command line itself is wrong (as Click's own code)
  3   ConfigError                 a setting is missing or invalid, an unknown environment
  4   DatabaseUnavailable         the database cannot be reached or refused the login
  5   ServiceUnavailable          an HTTP service (API, S3, Neon, ...) cannot be reached
@@ -37,18 +37,25 @@ class PtoolError(Exception):
     exit_code = 8
     kind = "error"
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, details: dict[str, object] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        #: facts for machines (``--output json``), e.g. what a run committed before it failed
+        self.details = dict(details or {})
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "error": self.kind,
             "exit_code": self.exit_code,
             "message": self.message,
             "hint": self.hint,
         }
+        if self.details:
+            out["details"] = self.details
+        return out
 
 
 class ProblemsFound(PtoolError):
@@ -56,6 +63,14 @@ class ProblemsFound(PtoolError):
 
     exit_code = 1
     kind = "problems_found"
+
+
+class UsageError(PtoolError):
+    """The command line is wrong in a way only the library can tell (an unknown version,
+    two options that exclude each other): exit 2, as Click's own usage errors."""
+
+    exit_code = 2
+    kind = "usage"
 
 
 class ConfigError(PtoolError):

@@ -99,7 +99,7 @@ def _api(env: Environment, report: StatusReport) -> ApiStatus:
             status.alive = True
             ready = api.ready()
             status.ready, status.reason, status.role = ready.ready, ready.reason, ready.role
-            info = api.version()
+            info = api.version()  # a /version short of the contract's fields raises
             status.version, status.build = info["version"], info["build"]
             status.schema_version_expected = info["schema_version_expected"]
             if api.has_ops_token:

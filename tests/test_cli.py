@@ -134,3 +134,16 @@ def test_destructive_command_without_terminal_or_yes_is_refused(cli: Cli, comman
     assert result.exit_code == 7
     assert "needs confirmation" in result.stderr
     assert marker.read_text() == "data"
+
+
+def test_tables_printed_to_a_pipe_are_not_cut(cli: Cli) -> None:
+    """Output to a pipe or file is as wide as it needs: no cell cut with '…' or wrapped."""
+    from ptool_ops.settings import EnvironmentSettings
+
+    description = EnvironmentSettings.model_fields["database_url"].description
+    assert description is not None and len(description) > 80
+    result = cli("config keys")
+    assert result.exit_code == 0
+    line = next(ln for ln in result.stdout.splitlines() if ln.strip().startswith("database_url "))
+    assert line.rstrip().endswith(description)
+    assert "…" not in result.stdout

@@ -61,6 +61,7 @@ class SmokeStep:
     ok: bool
     duration_ms: float
     detail: str = ""
+    unreachable: bool = False  # the API could not be reached at all (not an HTTP answer)
 
 
 @dataclass
@@ -72,6 +73,13 @@ class SmokeReport:
     @property
     def ok(self) -> bool:
         return all(step.ok for step in self.steps)
+
+    @property
+    def exit_code(self) -> int:
+        """0; 5 when the API could not be reached; 1 when it answered wrong."""
+        if self.ok:
+            return 0
+        return 5 if any(step.unreachable for step in self.steps) else 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -191,10 +199,29 @@ class BookingApi:
             )
         return response
 
+    def _body(self, method: str, path: str, response: httpx.Response, *fields: str) -> Any:
+        """The JSON answer, holding ``fields`` as the operations contract promises; an
+        answer that does not is one sentence, not a KeyError."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        missing = [f for f in fields if not isinstance(body, dict) or f not in body]
+        if body is None or missing:
+            what = f"without {', '.join(missing)}" if isinstance(body, dict) else "no JSON object"
+            raise OperationFailed(
+                f"{method} {self.base_url}{path} answered {what}: the API does not follow the"
+                " operations contract (openapi.yaml).",
+                hint="Check which release the API runs; ptool-ops and the API disagree.",
+            )
+        return body
+
     # --- health --------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        body: dict[str, Any] = self._request("GET", "/health").json()
+        body: dict[str, Any] = self._body(
+            "GET", "/health", self._request("GET", "/health"), "status"
+        )
         return body
 
     def ready(self) -> Readiness:
@@ -228,24 +255,31 @@ class BookingApi:
             time.sleep(interval)
 
     def version(self) -> dict[str, Any]:
-        body: dict[str, Any] = self._request("GET", "/version").json()
+        body: dict[str, Any] = self._body(
+            "GET",
+            "/version",
+            self._request("GET", "/version"),
+            "version",
+            "build",
+            "schema_version_expected",
+        )
         return body
 
     # --- maintenance ---------------------------------------------------------------------
 
     def maintenance_state(self) -> dict[str, Any]:
-        body: dict[str, Any] = self._request(
-            "GET", "/ops/maintenance", token=self._require_ops()
-        ).json()
+        response = self._request("GET", "/ops/maintenance", token=self._require_ops())
+        body: dict[str, Any] = self._body("GET", "/ops/maintenance", response, "enabled")
         return body
 
     def set_maintenance(self, enabled: bool, reason: str | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = self._request(
+        response = self._request(
             "PUT",
             "/ops/maintenance",
             token=self._require_ops(),
             json={"enabled": enabled, "reason": reason},
-        ).json()
+        )
+        body: dict[str, Any] = self._body("PUT", "/ops/maintenance", response, "enabled")
         return body
 
     @contextmanager
@@ -340,13 +374,17 @@ class BookingApi:
 
         def step(name: str, action: Callable[[], str]) -> bool:
             start = time.perf_counter()
+            unreachable = False
             try:
                 detail = action()
                 ok = True
             except (ServiceUnavailable, OperationFailed) as err:
                 detail, ok = err.message, False
+                unreachable = type(err) is ServiceUnavailable  # no answer, not a bad one
             report.steps.append(
-                SmokeStep(name, ok, round((time.perf_counter() - start) * 1000, 1), detail)
+                SmokeStep(
+                    name, ok, round((time.perf_counter() - start) * 1000, 1), detail, unreachable
+                )
             )
             return ok
 
@@ -383,10 +421,7 @@ class BookingApi:
         if not step("health", lambda: str(self.health()["status"])):
             return report
         step("ready", readiness)
-        step(
-            "version",
-            lambda: "{version} ({build}), schema {schema_version}".format(**self.version()),
-        )
+        step("version", lambda: _describe_version(self.version()))
         if write:
             report.wrote = True
             if step("read", read):
@@ -409,6 +444,10 @@ class BookingApi:
                 hint="Set api_token (PTOOL_API_TOKEN) for this environment.",
             )
         return self._ops_token
+
+
+def _describe_version(info: dict[str, Any]) -> str:
+    return f"{info['version']} ({info['build']}), schema {info.get('schema_version')}"
 
 
 def _reason(err: httpx.TransportError) -> str:

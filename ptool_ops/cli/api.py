@@ -28,7 +28,7 @@ def smoke(
     ),
 ) -> None:
     """Health, readiness, version, a read and (not on prod) a create + cancel."""
-    from ptool_ops.errors import ProblemsFound
+    from ptool_ops.errors import ProblemsFound, ServiceUnavailable
 
     app_ctx = context.get(ctx)
     env = app_ctx.env
@@ -38,11 +38,12 @@ def smoke(
     app_ctx.output.result(report, lambda out: _render_smoke(out, report))
     if not report.ok:
         failed = next(step for step in report.steps if not step.ok)
-        app_ctx.fail(
-            ProblemsFound(
-                f"smoke check of {report.url} failed at {failed.name}: {failed.detail.rstrip('.')}."
-            )
+        message = (
+            f"smoke check of {report.url} failed at {failed.name}: {failed.detail.rstrip('.')}."
         )
+        if report.exit_code == ServiceUnavailable.exit_code:  # no answer at all: exit 5
+            app_ctx.fail(ServiceUnavailable(message, hint="Check that the booking API is running."))
+        app_ctx.fail(ProblemsFound(message))
 
 
 def _render_smoke(out: Console, report: SmokeReport) -> None:

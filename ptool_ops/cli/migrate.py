@@ -188,13 +188,19 @@ def _runner(
     )
 
 
-_STATE_COLOUR = {"applied": "green", "pending": "yellow", "drifted": "red", "missing": "red"}
+_STATE_COLOUR = {
+    "applied": "green",
+    "pending": "yellow",
+    "drifted": "red",
+    "missing": "red",
+    "interrupted": "red",
+}
 
 
 @app.command()
 def status(ctx: typer.Context, directory: Path | None = DIR_OPTION) -> None:
-    """Applied, pending, drifted (a script changed) and missing (files gone) migrations;
-    exit 1 on drift or missing files."""
+    """Applied, pending, drifted (a script changed), missing (files gone) and interrupted
+    (a run killed half-way) migrations; exit 1 on any but applied and pending."""
     from ptool_ops.errors import ProblemsFound
 
     app_ctx = context.get(ctx)
@@ -222,7 +228,7 @@ def status(ctx: typer.Context, directory: Path | None = DIR_OPTION) -> None:
         out.print(table)
         out.print(
             f"current version {report.current or '(none)'}; {len(report.pending)} pending,"
-            f" {len(report.problems)} drifted or missing"
+            f" {len(report.problems)} drifted, missing or interrupted"
         )
 
     app_ctx.output.result(report.to_dict(), render)
@@ -325,17 +331,19 @@ def up(
     if app_ctx.dry_run:
         _show_plan(app_ctx, runner)
         return
+    expect: list[str] | None = None
     if env.protected:
-        pending = [s.label for s in runner.status().pending if to is None or s.version <= to]
-        if not pending:
+        expect = runner.would_apply(to=to)
+        if not expect:
             app_ctx.output.result(
                 {"direction": "up", "migrations": [], "notes": ["nothing to apply"]},
                 lambda out: out.print("[green]✓[/green] nothing to apply"),
             )
             return
-        app_ctx.confirm(f"Apply {', '.join(pending)} to {env.name!r}")
+        app_ctx.confirm(f"Apply {', '.join(expect)} to {env.name!r}")
     with env.audit("migrate.up", {"directory": str(runner.directory), "to": to}) as entry:
-        result = runner.up(to=to)
+        # what was confirmed is what runs: the library refuses if the list changed meanwhile
+        result = runner.up(to=to, expect=expect)
         entry.details.update(
             {
                 "run_id": result.run_id,
@@ -352,19 +360,25 @@ def down(
     directory: Path | None = DIR_OPTION,
     steps: int = typer.Option(1, "--steps", min=1, help="How many migrations to revert."),
     to: str | None = typer.Option(
-        None, "--to", help="Revert every migration after this version (overrides --steps)."
+        None,
+        "--to",
+        help="Revert every migration after this version (overrides --steps; 0: all).",
     ),
+    every: bool = typer.Option(False, "--all", help="Revert every applied migration."),
     no_backup_point: bool = NO_BACKUP,
 ) -> None:
     """Revert the last applied migration(s) with their down scripts (after a backup point)."""
+    from ptool_ops.errors import UsageError
+
     app_ctx = context.get(ctx)
     env = app_ctx.env
+    if every and to is not None:
+        raise UsageError("--all and --to exclude each other.", hint="Use one of them.")
+    to = "0" if every else to
     runner = _runner(app_ctx, directory, take_backup=not no_backup_point)
-    report = runner.status()
-    applied = [s for s in report.migrations if s.state.value != "pending"]
-    targets = [s for s in applied if s.version > to] if to is not None else applied[-steps:]
+    targets = runner.would_revert(steps=steps, to=to)
     if app_ctx.dry_run or not targets:
-        labels = [s.label for s in reversed(targets)]
+        labels = targets
         app_ctx.output.result(
             {"dry_run": app_ctx.dry_run, "direction": "down", "would_revert": labels},
             lambda out: out.print(
@@ -373,13 +387,12 @@ def down(
         )
         return
     app_ctx.confirm(
-        f"Revert {', '.join(s.label for s in reversed(targets))} on {env.name!r}"
-        " (their down scripts may drop data)"
+        f"Revert {', '.join(targets)} on {env.name!r} (their down scripts may drop data)"
     )
     with env.audit(
         "migrate.down", {"directory": str(runner.directory), "steps": steps, "to": to}
     ) as entry:
-        result = runner.down(steps=steps, to=to)
+        result = runner.down(steps=steps, to=to, expect=targets)
         entry.details.update(
             {
                 "run_id": result.run_id,
@@ -446,7 +459,9 @@ class RepairAction(enum.StrEnum):
 @app.command()
 def repair(
     ctx: typer.Context,
-    version: str = typer.Argument(..., help="The drifted or missing migration's version."),
+    version: str = typer.Argument(
+        ..., help="The drifted, missing or interrupted migration's version."
+    ),
     accept: bool = typer.Option(
         False, "--accept", help="The files as they are now are what was applied: re-hash."
     ),

@@ -101,6 +101,11 @@ class PrivilegeFailure(Failed):
     """A statement was refused for a missing privilege (SQLSTATE 42501)."""
 
 
+class SessionLost(Exception):
+    """The work session ended under the run (terminated, or the connection lost); the run
+    lock, held by that session, is gone with it."""
+
+
 _PRIVILEGE_HINT = (
     "Migrations run as booking_migrator, the schema owner: use its URL (migrator_url), or"
     " grant the missing privilege; 'ptool-ops doctor' shows what each role can do."
@@ -145,14 +150,18 @@ class Executor:
         conn: psycopg.Connection[Any],
         options: RunOptions,
         log: Callable[[str], None],
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.conn = conn
         self.options = options
         self._log = log
+        #: told when a no-transaction migration starts (the audit trail's "started" record)
+        self._on_event = on_event or (lambda action, details: None)
         row = conn.execute("SELECT session_user").fetchone()
         self.login = str(row[0]) if row else "?"
         self._current = self.login
         self._owner: str | None = None
+        self.ran = 0  # statements of the current no-transaction script that succeeded
 
     # --- who runs it -----------------------------------------------------------------------
 
@@ -226,19 +235,20 @@ class Executor:
         return split_statements(path.read_text(encoding="utf-8"), path=str(path))
 
     def execute(self, stmt: Any, path: Path) -> None:
+        where = f"{path.name}:{stmt.line}"
         try:
             self.conn.execute(stmt.text)
         except pg_errors.LockNotAvailable:
             raise
-        except pg_errors.InsufficientPrivilege as err:
-            message = (err.diag.message_primary or str(err)).strip().rstrip(".")
-            raise PrivilegeFailure(
-                f"{path.name}:{stmt.line}: role {self.who} was refused: {message} (SQLSTATE 42501)"
-            ) from err
         except psycopg.Error as err:
-            state = err.sqlstate or "?"
+            if self.conn.broken:
+                raise SessionLost(f"{where}: {_first_line(err)}") from err
             message = (err.diag.message_primary or str(err)).strip()
-            raise Failed(f"{path.name}:{stmt.line}: {message} (SQLSTATE {state})") from err
+            if isinstance(err, pg_errors.InsufficientPrivilege):
+                raise PrivilegeFailure(
+                    f"{where}: role {self.who} was refused: {message.rstrip('.')} (SQLSTATE 42501)"
+                ) from err
+            raise Failed(f"{where}: {message} (SQLSTATE {err.sqlstate or '?'})") from err
 
     def validate(self, baseline: Any | None, m: MigrationFiles, up: bool) -> Any | None:
         """Verify (up only) and invariants, inside the caller's transaction."""
@@ -362,15 +372,11 @@ class Executor:
                 except (Failed, pg_errors.LockNotAvailable) as err:
                     what = (
                         f"{m.label} ({'up' if up else 'down'}) failed: {self.reason(err)};"
-                        " its transaction was rolled back, nothing changed."
+                        " its transaction was rolled back, nothing of it changed."
                     )
                     if isinstance(err, PrivilegeFailure):
                         raise PermissionDenied(what, hint=_PRIVILEGE_HINT) from None
-                    raise OperationFailed(
-                        what,
-                        hint="Fix the migration (or wait for the blocking session) and run the"
-                        " command again.",
-                    ) from None
+                    raise OperationFailed(what, hint=_hint_for(err)) from None
             else:
                 report = self._no_transaction(
                     m, up=up, baseline=baseline, run_id=run_id, point=point, result=result
@@ -413,7 +419,14 @@ class Executor:
         result.duration_ms = round((time.monotonic() - started) * 1000)
         return report
 
-    def run_one_by_one(self, path: Path, invalid_before: set[str], *, down: bool) -> None:
+    def run_one_by_one(
+        self, path: Path, invalid_before: set[str], *, skip_missing: bool = False
+    ) -> None:
+        """Each statement on its own (autocommit). ``skip_missing``: a statement failing
+        because its object was never created is skipped -- only when undoing a failed up,
+        whose later statements never ran; a deliberate down must find what it drops.
+        ``self.ran`` counts the statements that succeeded."""
+        self.ran = 0
         for stmt in self.statements(path):
             for attempt in self.retrying(f"{path.name}:{stmt.line}"):
                 with attempt:
@@ -421,10 +434,11 @@ class Executor:
                         self.drop_new_invalid(invalid_before)
                     try:
                         self.execute(stmt, path)
+                        self.ran += 1
                     except Failed as err:
                         cause = err.__cause__
                         if (
-                            down
+                            skip_missing
                             and isinstance(cause, psycopg.Error)
                             and cause.sqlstate in _NEVER_CREATED
                         ):
@@ -448,8 +462,9 @@ class Executor:
         invalid_before = self.invalid_indexes()
         started = time.monotonic()
         script = m.up if up else m.down
+        previous = self._mark_running(m, up=up, run_id=run_id, point=point)
         try:
-            self.run_one_by_one(script, invalid_before, down=not up)
+            self.run_one_by_one(script, invalid_before)
             with self.conn.transaction():
                 report = self.validate(baseline, m, up)
                 self.record(
@@ -463,11 +478,48 @@ class Executor:
         except (Failed, pg_errors.LockNotAvailable) as err:
             result.duration_ms = round((time.monotonic() - started) * 1000)
             reason = self.reason(err)
+            if not up and self.ran == 0:
+                # nothing of the down ran: the migration is as applied as it was
+                with self.conn.transaction():
+                    self._restore_row(m, previous, run_id)
+                raise OperationFailed(
+                    f"the down script of {m.label} failed at its first statement: {reason};"
+                    " nothing was changed, it stays applied.",
+                    hint=_hint_for(err),
+                ) from None
             if not up:
-                raise manual(f"down script of {m.label} failed halfway: {reason}", point) from None
-            self._recover(m, before, invalid_before, baseline, err, point)
+                raise manual(
+                    f"down script of {m.label} failed halfway: {reason}; its history row says"
+                    f" '{history.REVERTING}' (run {run_id})",
+                    point,
+                ) from None
+            self._recover(m, before, invalid_before, baseline, err, point, previous, run_id)
         result.duration_ms = round((time.monotonic() - started) * 1000)
         return report
+
+    def _mark_running(
+        self, m: MigrationFiles, *, up: bool, run_id: str, point: BackupPoint | None
+    ) -> history.HistoryRow | None:
+        """Commit a ``running`` (``reverting``) history row before the first statement, so
+        a run killed half-way leaves a trace; returns the row before (None: there was none)."""
+        previous = history.read_history(self.conn).get(m.version)
+        outcome = history.RUNNING if up else history.REVERTING
+        with self.conn.transaction():
+            self.record(
+                m,
+                outcome=outcome,
+                duration_ms=0,
+                run_id=run_id,
+                point=point,
+                transactional=False,
+                note=f"statements of the {'up' if up else 'down'} script running since run"
+                f" {run_id} started it; if this stays, the run was killed half-way",
+            )
+        self._on_event(
+            "migrate.up" if up else "migrate.down",
+            {"version": m.version, "name": m.name, "run_id": run_id, "outcome": outcome},
+        )
+        return previous
 
     def _recover(
         self,
@@ -477,15 +529,23 @@ class Executor:
         baseline: Any | None,
         cause: BaseException,
         point: BackupPoint | None,
+        previous: history.HistoryRow | None,
+        run_id: str,
     ) -> None:
         """Undo a failed no-transaction migration; always raises."""
         from ptool_ops.migrate.snapshot import diff, snapshot
 
         reason = self.reason(cause)
+        if is_irreversible(m):
+            raise manual(
+                f"{m.label} failed ({reason}) and is irreversible (its down script says so),"
+                f" so nothing undid it; its history row says '{history.RUNNING}' (run {run_id})",
+                point,
+            ) from None
         self._log(f"{m.label} failed ({reason}); rolling back with its down script")
         try:
             self.drop_new_invalid(invalid_before)
-            self.run_one_by_one(m.down, invalid_before, down=True)
+            self.run_one_by_one(m.down, invalid_before, skip_missing=True)
             self.drop_new_invalid(invalid_before)
             changes = diff(before, snapshot(self.conn, exclude_schemas=("ptool_ops",)))
             if changes:
@@ -496,9 +556,11 @@ class Executor:
             with self.conn.transaction():
                 if self.options.invariants:
                     self.validate(baseline, m, up=False)
+                self._restore_row(m, previous, run_id)
         except (Failed, pg_errors.LockNotAvailable, psycopg.Error) as err:
             raise manual(
-                f"{m.label} failed ({reason}) and its rollback failed too: {self.reason(err)}",
+                f"{m.label} failed ({reason}) and its rollback failed too: {self.reason(err)};"
+                f" its history row says '{history.RUNNING}' (run {run_id})",
                 point,
             ) from None
         what = (
@@ -507,7 +569,65 @@ class Executor:
         )
         if isinstance(cause, PrivilegeFailure):
             raise PermissionDenied(what, hint=_PRIVILEGE_HINT)
-        raise OperationFailed(what, hint="Fix the migration and run 'ptool-ops migrate up' again.")
+        raise OperationFailed(what, hint=_hint_for(cause))
+
+    def _restore_row(
+        self, m: MigrationFiles, previous: history.HistoryRow | None, run_id: str
+    ) -> None:
+        """After a clean rollback: the history says what it said before the attempt."""
+        table = sql.SQL(history.HISTORY_TABLE)
+        if previous is None:
+            self.conn.execute(
+                sql.SQL("DELETE FROM {} WHERE version = %s").format(table), (m.version,)
+            )
+            return
+        note = f"run {run_id} failed and changed nothing" + (
+            f"; {previous.note}" if previous.note else ""
+        )
+        self.conn.execute(
+            sql.SQL(
+                "UPDATE {} SET outcome = %s, applied_at = %s, applied_by = %s, duration_ms = %s,"
+                " backup_point = %s, run_id = %s, note = %s WHERE version = %s"
+            ).format(table),
+            (
+                previous.outcome,
+                previous.applied_at,
+                previous.applied_by,
+                previous.duration_ms,
+                previous.backup_point,
+                previous.run_id,
+                note,
+                m.version,
+            ),
+        )
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _hint_for(err: BaseException) -> str:
+    """What to do next, by what failed."""
+    if isinstance(err, pg_errors.LockNotAvailable):
+        return (
+            "Find the session holding the lock (pg_stat_activity, pg_locks), let it finish or"
+            " end it, then run the command again."
+        )
+    text = str(err)
+    if "booking invariants broken" in text or "Verification of migration" in text:
+        return (
+            "Fix the migration so that its verify queries and the invariants hold, then run"
+            " the command again ('ptool-ops migrate test' proves it on a scratch copy)."
+        )
+    return "Fix the statement the message names and run the command again."
+
+
+def is_irreversible(m: MigrationFiles) -> bool:
+    """Its down script declares ``-- ptool: irreversible``."""
+    from ptool_ops.migrate.lint import parse_directives
+
+    return parse_directives(m.down.read_text(encoding="utf-8")).irreversible
 
 
 def manual(what: str, point: BackupPoint | None, *, neither: bool = True) -> ManualActionRequired:

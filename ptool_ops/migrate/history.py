@@ -4,7 +4,10 @@
 the privilege model): version, name, checksums of the up, down and verify scripts, applied
 at/by, duration, outcome, the backup point taken before the run, the run's id and an
 operator's note (``repair``). ``outcome`` is ``applied``, ``reverted`` (rolled back by
-``down``) or ``forgotten`` (``repair --forget``); only ``applied`` rows count.
+``down``) or ``forgotten`` (``repair --forget``); only ``applied`` rows count. A
+``no-transaction`` migration commits ``running`` (``reverting`` for its down) before its first
+statement: a run killed half-way leaves that row, the migration is **interrupted**, and
+``up``/``down`` refuse until ``repair`` records what the operator found.
 
 Checksums are over normalised text (:func:`ptool_ops.migrate.files.checksum`). A migration
 without a verify script has the verify checksum ``none``. Rows written before the runner
@@ -187,6 +190,13 @@ class MigrationState(enum.StrEnum):
     pending = "pending"
     drifted = "drifted"  # applied, but a script changed since
     missing = "missing"  # applied, but its files are gone
+    interrupted = "interrupted"  # a no-transaction run (up or down) stopped half-way
+
+
+#: history outcomes of a no-transaction migration whose statements are running (or were,
+#: when its run was killed): up and down respectively
+RUNNING = "running"
+REVERTING = "reverting"
 
 
 @dataclass
@@ -234,7 +244,8 @@ class StatusReport:
         return [
             m
             for m in self.migrations
-            if m.state in (MigrationState.drifted, MigrationState.missing)
+            if m.state
+            in (MigrationState.drifted, MigrationState.missing, MigrationState.interrupted)
         ]
 
     @property
@@ -282,6 +293,10 @@ def status(
         migration = by_version.get(version)
         row = history.get(version)
         active = row is not None and row.outcome == "applied"
+        if row is not None and row.outcome in (RUNNING, REVERTING):
+            name = migration.name if migration else row.name
+            out.append(MigrationStatus(version, name, MigrationState.interrupted, migration, row))
+            continue
         if migration is None:
             assert row is not None
             if active:

@@ -9,6 +9,7 @@ A file's comment header may hold directives (see ``docs/migrations.md``)::
 
     -- ptool: no-transaction
     -- ptool: run-as login
+    -- ptool: irreversible -- reason: the dropped column's data is gone   (down scripts)
     -- ptool: allow ban-drop-column -- reason: unused since release 41
 
 An allowed finding is still reported (``allowed=True``) but does not block ``up``.
@@ -59,6 +60,7 @@ class Directives:
 
     no_transaction: bool = False
     run_as_login: bool = False
+    irreversible: bool = False  # a down script that cannot undo its up (down refuses it)
     allows: dict[str, str] = field(default_factory=dict)
     allow_lines: dict[str, int] = field(default_factory=dict)
     problems: list[DirectiveProblem] = field(default_factory=list)
@@ -123,6 +125,9 @@ def parse_directives(text: str) -> Directives:
             continue
         if re.fullmatch(r"run-as\s+login", body, re.IGNORECASE):
             result.run_as_login = True
+            continue
+        if re.fullmatch(r"irreversible(\s+--\s*reason\s*:.*)?", body, re.IGNORECASE):
+            result.irreversible = True
             continue
         allow = _ALLOW.match(body)
         if allow is None:
@@ -353,4 +358,33 @@ def lint_paths(
     for path in files:
         found, tenants = _lint_path(path, transactional, tenants, pg_version)
         findings.extend(found)
+        findings.extend(_check_down(path))
     return LintReport([str(p) for p in files], findings)
+
+
+def down_is_empty(text: str, path: str) -> bool:
+    """A down script without a statement (comments only) that does not declare itself
+    irreversible. A script that does not parse is not empty: its syntax error is reported."""
+    if parse_directives(text).irreversible:
+        return False
+    try:
+        return not split_statements(text, path=path)
+    except SqlSyntaxError:
+        return False
+
+
+def _check_down(up: Path) -> list[Finding]:
+    """``NNNN_name.up.sql``: its down script must undo something, or say it cannot."""
+    if not up.name.endswith(".up.sql"):
+        return []
+    down = up.with_name(up.name.removesuffix(".up.sql") + ".down.sql")
+    try:
+        text = down.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return []  # a missing down is the runner's error (load_migrations)
+    if not down_is_empty(text, str(down)):
+        return []
+    spec = RULES["empty-down"]
+    return [
+        Finding("empty-down", spec.severity, str(down), 1, 1, "the down script is empty", spec.fix)
+    ]

@@ -1,8 +1,10 @@
-"""``migrate repair``: record an operator's decision on a drifted or missing migration.
+"""``migrate repair``: record an operator's decision on a drifted, missing or interrupted
+migration.
 
-``accept``: the files as they are now are what was applied (re-hash, keep when it was
-applied). ``forget``: the migration is no longer applied (its row becomes ``forgotten``).
-Either way the decision and its reason are kept in the row's note.
+``accept``: the files as they are now are what is applied (re-hash; a drifted one keeps when
+it was applied; an interrupted one -- its run killed half-way -- is applied as of now).
+``forget``: the migration is not applied (its row becomes ``forgotten``). Either way the
+decision and its reason are kept in the row's note.
 """
 
 from __future__ import annotations
@@ -40,9 +42,10 @@ def record_decision(
     conn: psycopg.Connection[Any] = executor.conn
     report = history.status(migrations, history.read_history(conn), directory)
     found = [s for s in report.migrations if s.version == version]
-    if not found or found[0].row is None or found[0].row.outcome != "applied":
+    repairable = ("applied", history.RUNNING, history.REVERTING)
+    if not found or found[0].row is None or found[0].row.outcome not in repairable:
         raise ConfigError(
-            f"migration {version} is not recorded as applied; nothing to repair.",
+            f"migration {version} is not recorded as applied or interrupted; nothing to repair.",
             hint="'ptool-ops migrate status' lists what the history holds.",
         )
     s = found[0]
@@ -63,10 +66,11 @@ def record_decision(
                 transactional=True,
                 note=note,
             )
-            conn.execute(
-                sql.SQL("UPDATE {} SET applied_at = %s WHERE version = %s").format(table),
-                (row.applied_at, version),
-            )
+            if row.outcome == "applied":  # drift accepted: it was applied back then
+                conn.execute(
+                    sql.SQL("UPDATE {} SET applied_at = %s WHERE version = %s").format(table),
+                    (row.applied_at, version),
+                )
         else:
             conn.execute(
                 sql.SQL(

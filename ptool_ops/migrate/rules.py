@@ -264,6 +264,16 @@ _RULES = [
         allowable=False,
     ),
     Rule(
+        "empty-down",
+        _E,
+        None,
+        "The migration's down script holds no statement: `migrate down` would record a revert"
+        " that changed nothing.",
+        "Write the statements that undo the up script, or declare the migration irreversible"
+        " in its down script: `-- ptool: irreversible -- reason: ...` (down then refuses it).",
+        allowable=False,
+    ),
+    Rule(
         "unused-allow",
         _W,
         "unused-ignore",

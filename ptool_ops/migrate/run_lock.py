@@ -1,8 +1,11 @@
 """One runner at a time: a session-level advisory lock, taken by polling.
 
-The lock is :data:`MIGRATION_LOCK_KEY`, held by a dedicated autocommit connection that
-never opens a transaction: ``pg_advisory_lock`` (blocking) or a transaction-level lock would
-make ``CREATE INDEX CONCURRENTLY`` on the work
+The lock is :data:`MIGRATION_LOCK_KEY`, held by the session that does the work (the
+connection :func:`run_lock` returns): it cannot be lost while the work goes on, and ending
+that session (``pg_terminate_backend``, as the conflict message suggests for a stuck run)
+stops the migration with it -- never two runners at once. It is a session lock taken with
+``pg_try_advisory_lock`` on an autocommit connection: ``pg_advisory_lock`` (blocking) or a
+transaction-level lock on another connection would make ``CREATE INDEX CONCURRENTLY`` on the work
 connection wait for the lock holder's transaction -- the deadlock Flyway users keep
 hitting. The runner polls ``pg_try_advisory_lock`` until ``wait_s`` passes, then names
 the holder from ``pg_locks`` and ``pg_stat_activity``.
@@ -13,6 +16,7 @@ locks and settings between transactions: :func:`refuse_pooler` rejects it up fro
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Iterator
@@ -101,7 +105,8 @@ def run_lock(
     application_name: str,
     poll_s: float = 0.25,
 ) -> Iterator[psycopg.Connection[Any]]:
-    """Hold the migration lock for the block (on its own connection, returned)."""
+    """Hold the migration lock for the block, on the connection returned: do the work on it
+    (a lock on another connection could be lost -- that session killed -- unnoticed)."""
     conn = pg.connect(url)
     try:
         conn.execute("SELECT set_config('application_name', %s, false)", (application_name,))
@@ -122,7 +127,8 @@ def run_lock(
         try:
             yield conn
         finally:
-            if not conn.closed:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+            if not conn.closed and not conn.broken:
+                with contextlib.suppress(psycopg.Error):  # closing the session frees it too
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
     finally:
         conn.close()

@@ -30,9 +30,22 @@ import psycopg
 from pydantic import SecretStr
 
 from ptool_ops import pg
-from ptool_ops.errors import ConfigError, OperationFailed, PtoolError, Refused
+from ptool_ops.errors import (
+    ConfigError,
+    ManualActionRequired,
+    OperationFailed,
+    PtoolError,
+    Refused,
+    UsageError,
+)
 from ptool_ops.migrate import history
-from ptool_ops.migrate.execution import Executor, MigrationResult, RunOptions, manual
+from ptool_ops.migrate.execution import (
+    Executor,
+    MigrationResult,
+    RunOptions,
+    SessionLost,
+    manual,
+)
 from ptool_ops.migrate.files import MigrationError, MigrationFiles, load_migrations, run_verify
 from ptool_ops.migrate.run_lock import refuse_pooler, run_lock
 
@@ -102,7 +115,9 @@ class Runner:
 
     ``backup`` takes the way back before a run (None: none); ``backup_if_fresh=False``
     skips it when nothing was ever applied (a fresh database has nothing to lose);
-    ``api_ready`` returns None when the API is ready after a migration, else why not.
+    ``api_ready`` returns None when the API is ready after a migration, else why not;
+    ``on_event`` is told (action, details) when a no-transaction migration starts, before
+    its first statement (the audit trail's "started" record).
     """
 
     def __init__(
@@ -115,8 +130,10 @@ class Runner:
         backup_if_fresh: bool = True,
         api_ready: Callable[[], str | None] | None = None,
         log: Callable[[str], None] | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.url = url
+        self.on_event = on_event
         self.directory = directory
         self.options = options or RunOptions()
         self.backup = backup
@@ -148,9 +165,10 @@ class Runner:
         from ptool_ops.migrate.lint import LintReport, lint_paths
 
         report = lint_paths([m.up for m in self.migrations()])
-        wanted = {str(m.up) for m in pending}
+        ups = {str(m.up) for m in pending}
+        wanted = ups | {str(m.down) for m in pending}  # an empty down is the down's finding
         return LintReport(
-            files=[f for f in report.files if f in wanted],
+            files=[f for f in report.files if f in ups],
             findings=[f for f in report.findings if f.file in wanted],
         )
 
@@ -175,27 +193,39 @@ class Runner:
         refuse_pooler(self.url)
         run_id = uuid.uuid4().hex[:12]
         app_name = f"ptool-ops migrate {what} ({self.options.actor})"[:63]
-        with run_lock(self.url, wait_s=self.options.run_lock_wait_s, application_name=app_name):
-            work = pg.connect(self.url)
-            try:
-                work.execute("SELECT set_config('application_name', %s, false)", (app_name,))
-                work.execute(
-                    "SELECT set_config('lock_timeout', %s, false),"
-                    " set_config('statement_timeout', %s, false)",
-                    (f"{self.options.lock_timeout_ms}ms", f"{self.options.statement_timeout_ms}ms"),
-                )
-                executor = Executor(work, self.options, self._log)
-                skip = () if self.options.invariants else ("read_all_rows",)
-                privileges.require(work, "migrate.run", skip=skip)
-                # the history is made by the login on a fresh database (0001, run as the
-                # login, gives it to the schema owner); everything else runs as the owner
-                history.ensure_history(work)
-                executor.become_owner()
-                yield executor, run_id
-            finally:
-                work.close()
+        with run_lock(
+            self.url, wait_s=self.options.run_lock_wait_s, application_name=app_name
+        ) as work:
+            work.execute(
+                "SELECT set_config('lock_timeout', %s, false),"
+                " set_config('statement_timeout', %s, false)",
+                (f"{self.options.lock_timeout_ms}ms", f"{self.options.statement_timeout_ms}ms"),
+            )
+            executor = Executor(work, self.options, self._log, self.on_event)
+            skip = () if self.options.invariants else ("read_all_rows",)
+            privileges.require(work, "migrate.run", skip=skip)
+            # the history is made by the login on a fresh database (0001, run as the
+            # login, gives it to the schema owner); everything else runs as the owner
+            history.ensure_history(work)
+            executor.become_owner()
+            yield executor, run_id
 
     def _refuse_drift(self, report: history.StatusReport) -> None:
+        interrupted = report.of(history.MigrationState.interrupted)
+        if interrupted:
+            first = interrupted[0]
+            row = first.row
+            assert row is not None
+            what = "up" if row.outcome == history.RUNNING else "down"
+            raise Refused(
+                f"migration {first.label} was interrupted while its {what} script ran"
+                f" statement by statement (run {row.run_id}, started"
+                f" {row.applied_at.isoformat(timespec='seconds')}): some of its statements may"
+                " have run and others not.",
+                hint=f"Look at the schema, finish or undo {first.label} by hand, then record what"
+                f" it is now: 'ptool-ops migrate repair {first.version} --accept --reason \"...\"'"
+                f" (it is applied) or '... --forget ...' (it is not); then run again.",
+            )
         if report.problems:
             first = report.problems[0]
             what = (
@@ -220,19 +250,149 @@ class Runner:
         self._log(f"backup point {point.label}; way back: {point.restore_command}")
         return point
 
-    def up(self, *, to: str | None = None) -> RunResult:
-        """Apply the pending migrations (up to and including ``to``)."""
+    def resolve(self, version: str | None, *, allow_zero: bool = False) -> str | None:
+        """``--to``: a known version (``3`` means ``0003``), else a usage error naming the
+        known ones; ``0`` (when allowed) means before the first migration."""
+        if version is None:
+            return None
+        known = [m.version for m in self.migrations()]
+        text = version.strip()
+        if allow_zero and text.isdigit() and int(text) == 0:
+            return "0000"
+        found = [v for v in known if text.isdigit() and int(v) == int(text)] or [
+            v for v in known if v == text
+        ]
+        if not found:
+            listed = ", ".join(known) or "none"
+            raise UsageError(
+                f"no migration {version!r} in {self.directory}: the known versions are"
+                f" {listed}" + (" (or 0: before the first)" if allow_zero else "") + ".",
+                hint="Pass one of them to --to.",
+            )
+        return found[0]
+
+    def _precheck(self, scripts: list[Path]) -> None:
+        """Before the first statement: every script the run may execute parses, and no
+        statement that cannot run in a transaction stands in a transactional file."""
+        from ptool_ops.migrate.lint import parse_directives
+        from ptool_ops.migrate.lock_analysis import SqlSyntaxError, plan_statements
+
+        for path in scripts:
+            text = path.read_text(encoding="utf-8")
+            try:
+                plans = plan_statements(text, path=str(path))
+            except SqlSyntaxError as err:
+                raise Refused(
+                    f"{path.name}:{err.line}: {err.reason}; nothing of this run was executed.",
+                    hint="Fix the SQL at that line ('ptool-ops migrate lint FILE' checks it).",
+                ) from None
+            if parse_directives(text).no_transaction:
+                continue
+            for plan in plans:
+                if plan.non_transactional:
+                    raise Refused(
+                        f"{path.name}:{plan.statement.line}: {plan.non_transactional}, but the"
+                        " file runs in one transaction; nothing of this run was executed.",
+                        hint="Mark the file '-- ptool: no-transaction' (its first line), or move"
+                        " the statement to a migration of its own that is.",
+                    )
+
+    def _refuse_unexpected(
+        self, direction: str, expect: list[str] | None, actual: list[str]
+    ) -> None:
+        if expect is not None and list(expect) != actual:
+            verb = "apply" if direction == "up" else "revert"
+            raise Refused(
+                f"the migrations to {verb} changed since you confirmed them: you confirmed"
+                f" {', '.join(expect) or 'none'}, the database now needs"
+                f" {', '.join(actual) or 'none'}; nothing was changed.",
+                hint="Someone else ran migrations meanwhile: run the command again to see and"
+                " confirm the new list.",
+            )
+
+    def _stopped(
+        self, err: PtoolError, result: RunResult, conn: Any, at: MigrationFiles
+    ) -> PtoolError:
+        """An error of the run, told with what the run committed before it."""
+        done = [m for m in result.migrations if m.outcome in ("applied", "reverted")]
+        current = None
+        if not conn.broken:
+            try:
+                current = history.status(
+                    self.migrations(), history.read_history(conn), str(self.directory)
+                ).current
+            except psycopg.Error:
+                current = None
+        err.details.update(
+            {
+                "direction": result.direction,
+                "run_id": result.run_id,
+                "committed": [m.version for m in done],
+                "stopped_at": at.version,
+                "current": current,
+            }
+        )
+        if done:
+            verb = "applied" if result.direction == "up" else "reverted"
+            labels = ", ".join(f"{m.version}_{m.name}" for m in done)
+            err.message = (
+                f"{err.message.rstrip('.')}. Before {at.label}, this run {verb} and committed"
+                f" {len(done)} migration(s): {labels}"
+                + (f"; the database is at {current}." if current else ".")
+            )
+        return err
+
+    def _lost(self, err: BaseException, at: MigrationFiles | None) -> ManualActionRequired:
+        where = f" while it ran {at.label}" if at else ""
+        return ManualActionRequired(
+            f"the database session of this run ended{where} ({err}): it was terminated or"
+            " the connection was lost, and the run lock with it. A transactional migration was"
+            " rolled back by the server; a no-transaction one may be half-applied (its history"
+            f" row then says '{history.RUNNING}' or '{history.REVERTING}').",
+            hint="Check with 'ptool-ops migrate status' before anything else; an interrupted"
+            " migration needs 'ptool-ops migrate repair VERSION --accept|--forget --reason ...'"
+            " once you know what it left.",
+        )
+
+    @staticmethod
+    def _to_apply(report: history.StatusReport, to: str | None) -> list[MigrationFiles]:
+        return [
+            s.migration
+            for s in report.pending
+            if s.migration is not None and (to is None or s.version <= to)
+        ]
+
+    @staticmethod
+    def _to_revert(
+        report: history.StatusReport, steps: int, to: str | None
+    ) -> list[history.MigrationStatus]:
+        applied = [s for s in report.migrations if s.state is not history.MigrationState.pending]
+        targets = [s for s in applied if s.version > to] if to is not None else applied[-steps:]
+        return list(reversed(targets))
+
+    def would_apply(self, *, to: str | None = None) -> list[str]:
+        """The versions ``up(to=...)`` would apply now (read only; for confirmation)."""
+        return [m.version for m in self._to_apply(self.status(), self.resolve(to))]
+
+    def would_revert(self, *, steps: int = 1, to: str | None = None) -> list[str]:
+        """The versions ``down(...)`` would revert now, newest first (read only)."""
+        report = self.status()
+        return [
+            s.version for s in self._to_revert(report, steps, self.resolve(to, allow_zero=True))
+        ]
+
+    def up(self, *, to: str | None = None, expect: list[str] | None = None) -> RunResult:
+        """Apply the pending migrations (up to and including ``to``). ``expect``: the
+        versions the caller confirmed; refused when the pending list differs under the lock."""
         migrations = self.migrations()
+        to = self.resolve(to)
         with self._session("up") as (executor, run_id):
             conn = executor.conn
             result = RunResult("up", run_id)
             report = history.status(migrations, history.read_history(conn), str(self.directory))
             self._refuse_drift(report)
-            pending = [
-                s.migration
-                for s in report.pending
-                if s.migration is not None and (to is None or s.version <= to)
-            ]
+            pending = self._to_apply(report, to)
+            self._refuse_unexpected("up", expect, [m.version for m in pending])
             if not pending:
                 result.notes.append("nothing to apply: the database is up to date")
                 return result
@@ -246,24 +406,37 @@ class Runner:
                     hint="Apply the suggested fix (ptool-ops migrate lint shows them all), or"
                     " allow the rule in the file with '-- ptool: allow RULE -- reason: ...'.",
                 )
+            self._precheck([p for m in pending for p in (m.up, m.down)])
             fresh = not any(s.row is not None for s in report.migrations)
-            if fresh and not self.backup_if_fresh:
-                result.notes.append("no backup point: nothing was ever applied to this database")
-            else:
-                result.backup_point = self._take_point(executor, f"up-{pending[-1].version}")
-            baseline = executor.baseline()
-            for m in pending:
-                prior = baseline
-                done, baseline = executor.apply(
-                    m, up=True, baseline=baseline, run_id=run_id, point=result.backup_point
-                )
-                result.migrations.append(done)
-                if self.api_ready is not None:
-                    problem = self.api_ready()
-                    if problem is not None:
-                        self._after_api_failure(
-                            executor, m, problem, run_id, result.backup_point, prior
+            at: MigrationFiles | None = None
+            try:
+                if fresh and not self.backup_if_fresh:
+                    result.notes.append(
+                        "no backup point: nothing was ever applied to this database"
+                    )
+                else:
+                    result.backup_point = self._take_point(executor, f"up-{pending[-1].version}")
+                baseline = executor.baseline()
+                for m in pending:
+                    at = m
+                    prior = baseline
+                    try:
+                        done, baseline = executor.apply(
+                            m, up=True, baseline=baseline, run_id=run_id, point=result.backup_point
                         )
+                        result.migrations.append(done)
+                        if self.api_ready is not None:
+                            problem = self.api_ready()
+                            if problem is not None:
+                                self._after_api_failure(
+                                    executor, m, problem, run_id, result.backup_point, prior
+                                )
+                    except PtoolError as err:
+                        raise self._stopped(err, result, conn, m) from None
+            except (SessionLost, psycopg.OperationalError) as err:
+                if not conn.broken and isinstance(err, psycopg.OperationalError):
+                    raise
+                raise self._lost(err, at) from None
             return result
 
     def _after_api_failure(
@@ -300,36 +473,73 @@ class Runner:
             hint="Find out why the API failed with the new schema before applying it again.",
         )
 
-    def down(self, *, steps: int = 1, to: str | None = None) -> RunResult:
-        """Revert the last ``steps`` applied migrations, or all applied after ``to``."""
+    def down(
+        self, *, steps: int = 1, to: str | None = None, expect: list[str] | None = None
+    ) -> RunResult:
+        """Revert the last ``steps`` applied migrations, or all applied after ``to`` (``0``:
+        every one). ``expect``: the versions the caller confirmed, newest first; refused when
+        the list differs under the lock."""
+        from ptool_ops.migrate.execution import is_irreversible
+        from ptool_ops.migrate.lint import down_is_empty
+
         migrations = self.migrations()
+        to = self.resolve(to, allow_zero=True)
         with self._session("down") as (executor, run_id):
             conn = executor.conn
             result = RunResult("down", run_id)
             report = history.status(migrations, history.read_history(conn), str(self.directory))
-            applied = [
-                s for s in report.migrations if s.state is not history.MigrationState.pending
-            ]
-            targets = [s for s in applied if s.version > to] if to is not None else applied[-steps:]
-            targets.reverse()
+            self._refuse_drift(
+                history.StatusReport(
+                    report.directory, report.of(history.MigrationState.interrupted)
+                )
+            )
+            targets = self._to_revert(report, steps, to)
+            self._refuse_unexpected("down", expect, [s.version for s in targets])
             if not targets:
                 result.notes.append("nothing to revert")
                 return result
             for s in targets:
                 if s.state is not history.MigrationState.applied:
                     self._refuse_drift(history.StatusReport(report.directory, [s]))
-            result.backup_point = self._take_point(executor, f"down-{targets[-1].version}")
-            baseline = executor.baseline()
-            for s in targets:
                 assert s.migration is not None
-                done, baseline = executor.apply(
-                    s.migration,
-                    up=False,
-                    baseline=baseline,
-                    run_id=run_id,
-                    point=result.backup_point,
-                )
-                result.migrations.append(done)
+                if is_irreversible(s.migration):
+                    raise Refused(
+                        f"migration {s.label} is irreversible (its down script says so); nothing"
+                        " was reverted.",
+                        hint="Go back with the backup point taken before it was applied (its"
+                        " history row names it), or write a new migration that undoes it.",
+                    )
+                down_text = s.migration.down.read_text(encoding="utf-8")
+                if down_is_empty(down_text, str(s.migration.down)):
+                    raise Refused(
+                        f"the down script of {s.label} holds no statement, so reverting it would"
+                        " change nothing; nothing was reverted.",
+                        hint="Write the statements that undo it, or declare it"
+                        " '-- ptool: irreversible -- reason: ...' in its down script.",
+                    )
+            self._precheck([s.migration.down for s in targets if s.migration is not None])
+            at: MigrationFiles | None = None
+            try:
+                result.backup_point = self._take_point(executor, f"down-{targets[-1].version}")
+                baseline = executor.baseline()
+                for s in targets:
+                    assert s.migration is not None
+                    at = s.migration
+                    try:
+                        done, baseline = executor.apply(
+                            s.migration,
+                            up=False,
+                            baseline=baseline,
+                            run_id=run_id,
+                            point=result.backup_point,
+                        )
+                    except PtoolError as err:
+                        raise self._stopped(err, result, conn, s.migration) from None
+                    result.migrations.append(done)
+            except (SessionLost, psycopg.OperationalError) as err:
+                if not conn.broken and isinstance(err, psycopg.OperationalError):
+                    raise
+                raise self._lost(err, at) from None
             return result
 
     def verify(self) -> VerifyReport:

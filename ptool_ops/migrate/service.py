@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ptool_ops.environment import Environment
 from ptool_ops.errors import ConfigError, Refused, ServiceUnavailable
@@ -76,6 +77,12 @@ def runner_for(
         )
     say = log or (lambda message: None)
     options = options_for(env, invariants=invariants)
+
+    def started(action: str, details: dict[str, Any]) -> None:
+        from ptool_ops import audit
+
+        audit.append(env.audit_sink.path, action, "started", details, env.name)
+
     return Runner(
         env.database("migrate.run").url,
         directory=directory or env.settings.migrations_dir or MIGRATIONS_DIR,
@@ -83,4 +90,5 @@ def runner_for(
         backup=EnvironmentBackupStep(env) if take_backup else None,
         api_ready=api_readiness(env, options.api_ready_timeout_s, say) if check_api else None,
         log=say,
+        on_event=started,
     )

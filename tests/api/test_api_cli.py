@@ -47,9 +47,54 @@ def test_api_smoke_against_an_unreachable_url_names_it(cli: Cli) -> None:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     cli.write_config(f'[environments.staging]\napi_url = "{url}"\n')
     result = cli("api smoke --env staging")
-    assert result.exit_code == 1  # ran, and the health step failed
+    assert result.exit_code == 5  # the API cannot be reached: README's code for that
     assert f"{url}/health failed: connection refused" in result.output
     assert CANARY not in result.output
+    as_json = cli("api smoke --env staging -o json")
+    assert as_json.exit_code == 5
+    assert as_json.json()["steps"][0]["unreachable"] is True
+
+
+def test_smoke_and_status_say_when_version_breaks_the_contract(cli: Cli) -> None:
+    """/version without a field the contract promises: one sentence, no traceback."""
+    import http.server
+    import json
+    import threading
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # health and readiness fine, /version short of fields
+            body = {
+                "/health": {"status": "ok"},
+                "/health/ready": {
+                    "status": "ready",
+                    "checks": {"database_role": "booking_app_a", "latency_ms": 1},
+                },
+                "/version": {"version": "1.2.3"},
+            }.get(self.path.split("?")[0], {})
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        cli.write_config(f'[environments.staging]\napi_url = "{url}"\n')
+        smoke = cli("api smoke --env staging --read-only")
+        assert smoke.exit_code == 1, smoke.output
+        assert "/version answered without build, schema_version_expected" in smoke.output
+        assert "Traceback" not in smoke.output
+        status = cli("status --env staging -o json")
+        assert "Traceback" not in status.output
+        assert any("without build" in p for p in status.json()["problems"])
+    finally:
+        server.shutdown()
 
 
 def test_maintenance_commands_and_status(cli: Cli, standin: Standin) -> None:

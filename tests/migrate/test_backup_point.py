@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -12,44 +11,20 @@ import pytest
 
 from ptool_ops.environment import Environment
 from ptool_ops.local.env import LocalEnvironment
-from ptool_ops.migrate.backup_point import (
-    ArchiveState,
-    BackupKind,
-    EnvironmentBackupStep,
-    choose,
-    take,
-)
+from ptool_ops.migrate.backup_point import BackupKind, EnvironmentBackupStep, choose
 from ptool_ops.migrate.runner import Runner
 from ptool_ops.settings import EnvironmentSettings
 from tests.conftest import MIGRATOR, OWNER, TestDatabase, admin_url
 from tests.iac.fakes import FakeNeon, serve
 from tests.migrate.runner_support import FAST, add_migration, migrations_copy
 
-NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
-
-@pytest.mark.parametrize(
-    ("mode", "archived", "last_ok", "last_failed", "working"),
-    [
-        ("on", 3, NOW, None, True),
-        ("on", 3, NOW, NOW - timedelta(minutes=1), True),
-        ("on", 3, NOW - timedelta(minutes=1), NOW, False),  # failing since the last success
-        ("on", 0, None, None, False),  # nothing archived yet: not proven to work
-        ("off", 3, NOW, None, False),
-        ("always", 1, NOW, None, True),
-    ],
-)
-def test_archive_working(
-    mode: str, archived: int, last_ok: datetime | None, last_failed: datetime | None, working: bool
-) -> None:
-    assert ArchiveState(mode, archived, 0, last_ok, last_failed, True).working is working
-
-
-def test_without_archiving_a_logical_backup_is_planned(booking_db: TestDatabase) -> None:
-    env = Environment(EnvironmentSettings(name="t", kind="postgres"))
+def test_without_neon_a_logical_backup_is_planned(booking_db: TestDatabase) -> None:
+    env = Environment(EnvironmentSettings(name="t", kind="postgres", repo_url="file:///r"))
     with psycopg.connect(booking_db.url(MIGRATOR), autocommit=True) as conn:
         plan = choose(env, conn)
-    assert plan.kind is BackupKind.logical_backup and "archive_mode is off" in plan.reason
+    assert plan.kind is BackupKind.logical_backup
+    assert "file:///r" in plan.reason
 
 
 @pytest.fixture(scope="module")
@@ -66,44 +41,30 @@ def archiving_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnv
             if row and row[0] > 0:
                 break
             time.sleep(0.2)
-    yield env
-    env.down()
-
-
-def test_restore_points_need_their_execute_grants(archiving_env: LocalEnvironment) -> None:
-    """Archiving works, but neither the owner nor the migrator may create restore points
-    (superuser-only functions; Neon grants them to nobody): a logical backup it is."""
-    env = Environment(EnvironmentSettings(name="t", kind="postgres"))
-    for role in (OWNER, MIGRATOR):
-        with psycopg.connect(archiving_env.facts.role_url(role), autocommit=True) as conn:
-            plan = choose(env, conn)
-        assert plan.kind is BackupKind.logical_backup
-        assert "may not create restore points" in plan.reason
-
-
-def test_with_working_archiving_a_restore_point_is_taken(
-    archiving_env: LocalEnvironment, tmp_path: Path
-) -> None:
-    """A self-managed server's operator granted the migrator the two functions."""
-    env = Environment(EnvironmentSettings(name="t", kind="postgres"))
-    with psycopg.connect(admin_url(archiving_env, "booking"), autocommit=True) as conn:
+        # a self-managed server's operator who granted the migrator restore points
         conn.execute(
             "GRANT EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal()"
             " TO booking_migrator"
         )
-    try:
-        with psycopg.connect(archiving_env.facts.role_url(MIGRATOR), autocommit=True) as conn:
-            plan = choose(env, conn)
-            assert plan.kind is BackupKind.restore_point, plan.reason
-            point = take(env, conn, plan, label="up-0006")
-    finally:
-        with psycopg.connect(admin_url(archiving_env, "booking"), autocommit=True) as conn:
-            conn.execute(
-                "REVOKE EXECUTE ON FUNCTION pg_create_restore_point(text), pg_switch_wal()"
-                " FROM booking_migrator"
-            )
-    assert point.ref.startswith("ptool-migrate-up-0006-")
-    assert f"recovery_target_name = '{point.ref}'" in point.restore_command
+    yield env
+    env.down()
+
+
+def test_working_wal_archiving_is_no_way_back_without_a_base_backup(
+    archiving_env: LocalEnvironment, tmp_path: Path
+) -> None:
+    """WAL is archived and the migrator may create restore points, but nothing took a base
+    backup: a restore point would lead nowhere, so the way back is a logical backup."""
+    settings = EnvironmentSettings(
+        name="t", kind="postgres", repo_url=f"file://{tmp_path / 'repo'}", audit_dir=tmp_path
+    )
+    env = Environment(settings)
+    with psycopg.connect(archiving_env.facts.role_url(MIGRATOR), autocommit=True) as conn:
+        row = conn.execute("SELECT archived_count > 0 FROM pg_stat_archiver").fetchone()
+        assert row == (True,)
+        plan = choose(env, conn)
+    assert plan.kind is BackupKind.logical_backup
+    assert "a restore point would need a base backup" in plan.reason
 
 
 @pytest.fixture

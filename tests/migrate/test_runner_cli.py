@@ -93,6 +93,12 @@ def test_new_scaffolds_the_next_version(cli: Cli, tmp_path: Path) -> None:
     ]
     assert "-- ptool: no-transaction" in (directory / names[1]).read_text()
     assert cli(f"migrate new Bad-Name --dir {directory}").exit_code == 3
+    # until the author writes the down script, lint says so: a revert must revert something
+    unwritten = cli(f"migrate lint {directory} -o json")
+    assert unwritten.exit_code == 1
+    assert [f["rule"] for f in unwritten.json()["findings"]] == ["empty-down"]
+    down = directory / names[0]
+    down.write_text(down.read_text() + "DROP INDEX CONCURRENTLY booking.x_idx;\n")
     assert cli(f"migrate lint {directory}").exit_code == 0
 
 
@@ -157,3 +163,21 @@ def test_unrecoverable_failure_prints_the_way_back(
     assert "ptool-ops --env t backup restore" in failed.output
     with booking_db.connect() as conn:
         assert invalid_indexes(conn) == []
+
+
+def test_to_is_checked_and_all_reverts_everything(
+    cli: Cli, booking_db: TestDatabase, tmp_path: Path
+) -> None:
+    configure(cli, booking_db, migrations_copy(tmp_path), tmp_path)
+    bad = cli("migrate up -e t --to 99 --no-backup-point")
+    assert bad.exit_code == 2
+    assert "no migration '99'" in bad.stderr and "0001, 0002" in bad.stderr
+    plan = cli("migrate down -e t --all --dry-run -o json")
+    assert plan.exit_code == 0, plan.output
+    assert plan.json()["would_revert"] == ["0005", "0004", "0003", "0002", "0001"]
+    assert cli("migrate down -e t --to 3 --dry-run -o json").json()["would_revert"] == [
+        "0005",
+        "0004",
+    ]
+    both = cli("migrate down -e t --all --to 3")
+    assert both.exit_code == 2 and "exclude each other" in both.stderr
