@@ -9,8 +9,9 @@ Every function takes the :class:`~ptool_ops.environment.Environment` it acts on:
     show(env, backup_id) -> BackupManifest
     verify(env, backup_id, *, restore=False, jobs=2, progress=None) -> VerifyResult
     restore(env, backup_id, *, target_db=None, in_place=False, jobs=2, dry_run=False,
-            progress=None) -> RestoreResult
-    prune(env, *, policy=None, dry_run=False, orphan_age=timedelta(hours=1)) -> PruneResult
+            progress=None, lock_wait_s=None) -> RestoreResult
+    prune(env, *, policy=None, dry_run=False, orphan_age=timedelta(hours=1),
+          forget_unreadable=(), lock_wait_s=30.0) -> PruneResult
 """
 
 from __future__ import annotations
@@ -30,14 +31,14 @@ __all__ = ["create", "list_backups", "prune", "restore", "show", "verify"]
 
 
 def list_backups(env: Environment) -> list[BackupSummary]:
-    """Complete backups, oldest first."""
-    from ptool_ops.backup.listing import manifests, verified_at
+    """Every backup holding a manifest, oldest first: complete ones, and those whose
+    manifest this ptool-ops cannot read (``status`` newer-format / unreadable)."""
+    from ptool_ops.backup.listing import must_exist, summaries
 
-    repo = env.repository()
-    return [BackupSummary.of(m, verified_at(repo, m.id)) for m in manifests(repo)]
+    return summaries(env.repository(), must_exist=must_exist(env))
 
 
 def show(env: Environment, backup_id: str) -> BackupManifest:
-    from ptool_ops.backup.listing import resolve
+    from ptool_ops.backup.listing import must_exist, resolve
 
-    return resolve(env.repository(), backup_id)
+    return resolve(env.repository(), backup_id, must_exist=must_exist(env))

@@ -5,7 +5,10 @@ The fixed sequence (each step named in errors):
 1. preflight — the login's privileges (:mod:`ptool_ops.privileges`: every row of every
    table, unfiltered), server facts and a pg_dump that fits (major ≥ server's, TLS for
    remote targets); the repository marker on a thread, which every object waits for before it
-   first touches the repository, so the dump need not wait for it;
+   first touches the repository, so the dump need not wait for it. The first object to be
+   stored also takes the backup's **lease** (``backups/<id>/lease.json``,
+   :mod:`ptool_ops.repo.lease`), refreshed on a thread until the end: ``prune`` leaves a
+   leased backup alone however long it runs;
 2. snapshot — on the same connection, a REPEATABLE READ transaction exports its snapshot,
    the start LSN and the schema version, and records per-table row estimates (and exact
    counts, on a thread, while the dump runs);
@@ -16,7 +19,10 @@ The fixed sequence (each step named in errors):
    of ``split_bytes`` or more, and one ``pg_dump --section=data --table=T`` per such table,
    ``jobs`` streams at a time, so a restore can load them in parallel too;
 5. the snapshot transaction ends (``finally``);
-6. manifest — written last: until then the backup is not listed anywhere.
+6. check — the lease is still ours and every object is in the repository with the size
+   written (nothing pruned it meanwhile), else the backup fails unlisted;
+7. manifest — written last: until then the backup is not listed anywhere; then the lease
+   is deleted (also when anything failed: the leftovers become prune's).
 
 Both dumps use the exported snapshot, so together they are one consistent image.
 """
@@ -32,15 +38,18 @@ from typing import TYPE_CHECKING, Any
 
 from ptool_ops import pg, privileges
 from ptool_ops.backup import tools
+from ptool_ops.backup.audited import audited
 from ptool_ops.backup.listing import new_id
 from ptool_ops.backup.models import (
     BackupManifest,
     CreateResult,
     TableInfo,
     backup_dir,
+    lease_key,
     manifest_key,
 )
 from ptool_ops.errors import OperationFailed, PtoolError
+from ptool_ops.repo.lease import Lease
 from ptool_ops.repo.manifest import ObjectEntry
 from ptool_ops.repo.repository import Repository
 from ptool_ops.repo.storage import close_stream
@@ -115,11 +124,13 @@ class _RepoReady:
     """The repository's preflight (an S3 client, the marker), read-only, on its own thread
     while the dump starts. Every writer calls :meth:`wait` before it first touches the
     repository (``before_store``): nothing is stored unless the check passed, and a new
-    repository gets its marker from the first writer, once. A backup that fails before it
-    stores anything (an unreachable database, say) leaves the location as it was."""
+    repository gets its marker from the first writer, once, then the backup's lease. A
+    backup that fails before it stores anything (an unreachable database, say) leaves the
+    location as it was."""
 
-    def __init__(self, repo: Repository) -> None:
+    def __init__(self, repo: Repository, lease: Lease) -> None:
         self._repo = repo
+        self._lease = lease
         checker = ThreadPoolExecutor(1, thread_name_prefix="repo-preflight")
         self._checked = checker.submit(repo.check_marker)
         checker.shutdown(wait=False)
@@ -130,13 +141,16 @@ class _RepoReady:
     def wait(self) -> None:
         present = self._checked.result()
         with self._lock:
-            if not present and not self._marked:
-                try:
+            if self._marked:
+                return
+            try:
+                if not present:
                     self._repo.write_marker()
-                except BaseException:
-                    self._failed = True
-                    raise
-                self._marked = True
+                self._lease.create()  # before the first object: prune sees it running
+            except BaseException:
+                self._failed = True
+                raise
+            self._marked = True
 
     def failed(self) -> bool:
         """Whether the repository refused: its check or its marker failed."""
@@ -161,6 +175,22 @@ class _Meter:
         return update
 
 
+def _check_stored(repo: Repository, lease: Lease, prefix: str, objects: list[ObjectEntry]) -> None:
+    """Right before the manifest: the lease is still ours, and every object is there with
+    the size written -- a backup whose objects went (a prune, an operator) is not listed."""
+    lease.check()
+    stored = {o.key: o.size for o in repo.storage.list(f"{prefix}/")}
+    for item in objects:
+        found = stored.get(item.key)
+        if found != item.size:
+            what = "is gone" if found is None else f"has {found} bytes, not {item.size}"
+            raise OperationFailed(
+                f"{item.key} {what} since it was written; the backup is not listed",
+                hint="Something deleted or changed it (a prune without leases, an operator); "
+                "run the backup again.",
+            )
+
+
 def create(
     env: Environment,
     *,
@@ -177,11 +207,20 @@ def create(
     backup_id = new_id()
     report: Progress = progress or (lambda stage, done, total: None)
     step = "preflight"
-    with env.audit("backup.create", {"backup_id": backup_id, "repository": repo.url}) as entry:
+    stop = threading.Event()  # set: every stream stops (a failure, a lost lease)
+    lease = Lease(
+        repo.storage, lease_key(backup_id), "backup create", on_lost=lambda _why: stop.set()
+    )
+    with audited(
+        env,
+        "backup.create",
+        {"backup_id": backup_id, "repository": repo.url},
+        done=lambda: f"backup {backup_id} was created in {repo.url}",
+    ) as entry:
         try:
             started = datetime.now(UTC)
             clock = time.monotonic()
-            repo_ready = _RepoReady(repo)
+            repo_ready = _RepoReady(repo, lease)
             # one connection (a remote one costs a TLS handshake) serves the preflight and
             # then holds the snapshot
             snap = pg.connect(url, autocommit=False)
@@ -250,7 +289,6 @@ def create(
                     counter.start()
                 report("dumping", 0, facts.size_bytes)
                 meter = _Meter(lambda done: report("dumping", done, facts.size_bytes))
-                stop = threading.Event()
 
                 def store(key: str, args: list[str]) -> ObjectEntry:
                     return repo.write_object(
@@ -293,15 +331,19 @@ def create(
                 snap.rollback()
                 snap.close()
 
-            step = "writing the manifest"
+            step = "checking the stored objects"
             repo_ready.wait()  # passed already: every object waited for it
+            objects = [*data_objects, post]
+            _check_stored(repo, lease, prefix, objects)
+
+            step = "writing the manifest"
             manifest = BackupManifest(
                 id=backup_id,
                 environment=env.name,
                 started_at=started,
                 finished_at=datetime.now(UTC),
                 tool_version=_ptool_version(),
-                objects=[*data_objects, post],
+                objects=objects,
                 database=facts.database,
                 server_version=facts.version,
                 server_version_num=facts.version_num,
@@ -314,10 +356,14 @@ def create(
             )
             repo.storage.put_bytes(manifest_key(backup_id), manifest.to_json())
         except PtoolError as err:
+            if lease.lost is not None:  # the root cause of every stream stopping
+                err = OperationFailed(f"its lease was lost: {lease.lost}", hint=err.hint)
             raise type(err)(
                 f"backup {backup_id} failed while {step}: {err.message.rstrip('.')}.",
                 hint=err.hint,
             ) from None
+        finally:
+            lease.release()
         elapsed = round(time.monotonic() - clock, 3)
         result = CreateResult(
             id=backup_id,

@@ -26,8 +26,17 @@ def verified_key(backup_id: str) -> str:
     return f"{PREFIX}/{backup_id}/verified.json"
 
 
+def lease_key(backup_id: str) -> str:
+    """The lease a running 'backup create' holds (see :mod:`ptool_ops.repo.lease`)."""
+    return f"{PREFIX}/{backup_id}/lease.json"
+
+
+#: the prune lock: one 'backup prune' at a time per repository
+PRUNE_LOCK = "locks/prune.json"
+
+
 class TableInfo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # optional fields may be added
 
     schema_name: str
     name: str
@@ -52,19 +61,28 @@ class BackupManifest(Manifest):
     table_objects: dict[str, str] = Field(default_factory=dict)
 
 
+#: what 'backup list' says of a backup: readable and complete, written by a newer
+#: ptool-ops (a higher format_version), or holding a manifest that cannot be read
+Status = Literal["complete", "newer-format", "unreadable"]
+
+
 @dataclass
 class BackupSummary:
-    """One line of 'backup list'."""
+    """One line of 'backup list'. A backup whose manifest this ptool-ops cannot read is
+    listed too (``status`` says why, ``problem`` in a sentence; what could not be read is
+    None): it is never silently left out."""
 
     id: str
-    started_at: datetime
-    finished_at: datetime
-    database: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    database: str | None
     schema_version: str | None
-    stored_bytes: int
-    raw_bytes: int
-    encrypted: bool
+    stored_bytes: int | None
+    raw_bytes: int | None
+    encrypted: bool | None
     verified_at: str | None
+    status: Status = "complete"
+    problem: str | None = None
 
     @classmethod
     def of(cls, manifest: BackupManifest, verified_at: str | None) -> BackupSummary:
@@ -141,6 +159,9 @@ class RestoreResult:
     previous_database: str | None = None
     elapsed_s: float = 0.0
     ok: bool = True
+    #: what the restore did beside the plan (a leftover dropped, settings carried over,
+    #: maintenance mode switched or why not)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -158,3 +179,11 @@ class PruneResult:
     deleted: list[PruneDecision]
     orphans: list[str]
     partial_uploads: list[str]
+    #: backups being written right now (a live lease): id -> who holds it; never touched
+    running: dict[str, str] = field(default_factory=dict)
+    #: unreadable backups deleted because the operator named them (--forget-unreadable)
+    forgotten: list[str] = field(default_factory=list)
+    #: leftovers younger than the orphan age, left for a later prune
+    young: list[str] = field(default_factory=list)
+    #: the abandoned prune lock this run took over (who held it), if any
+    took_over_lock: str | None = None

@@ -2,8 +2,11 @@
 
 Into a new database by default. ``in_place`` restores into a new database too, validates it,
 and only then swaps names: the current database is kept as ``<db>_before_<id>`` — the way
-back — and the restored one takes its name. A failure before the swap drops what was
-created, so nothing changes.
+back — and the restored one takes its name, under the migration run lock and with the API
+in maintenance mode, in one transaction (:mod:`ptool_ops.backup.swap`). A failure before
+the swap drops what was created, so nothing changes. A database being restored is marked
+(its comment) and locked, so a killed restore's leftover is recognised and dropped by
+the next run.
 
 Steps: check-key → checksums → create-database → restore-data (pg_restore from the streams)
 → restore-post-data (indexes and constraints) → validate (invariants, row counts against the
@@ -26,10 +29,17 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from ptool_ops import pg, privileges
-from ptool_ops.backup import restore_plan, tools
-from ptool_ops.backup.listing import resolve
+from ptool_ops.backup import restore_plan, swap, tools
+from ptool_ops.backup.audited import audited
+from ptool_ops.backup.listing import must_exist, resolve
 from ptool_ops.backup.models import BackupManifest, RestoreResult, Step, TableInfo
-from ptool_ops.errors import Conflict, ManualActionRequired, OperationFailed, PtoolError
+from ptool_ops.errors import (
+    Conflict,
+    ManualActionRequired,
+    OperationFailed,
+    PtoolError,
+    UsageError,
+)
 from ptool_ops.repo.manifest import ObjectEntry
 from ptool_ops.repo.repository import Repository
 
@@ -112,11 +122,18 @@ def plan(
         steps.append(
             Step(
                 "swap",
-                f"rename {current_db} to {current_db}_before_{suffix(manifest.id)} (kept) and "
-                f"{target} to {current_db}",
+                f"give {target} the settings and owner of {current_db}; under the migration "
+                "lock, with the API in maintenance mode, rename "
+                f"{current_db} to {keep_name(current_db, manifest)} (kept) and {target} to "
+                f"{current_db} in one transaction",
             )
         )
     return steps
+
+
+def keep_name(current: str, manifest: BackupManifest) -> str:
+    """What an in-place restore keeps the replaced database as."""
+    return f"{current}_before_{suffix(manifest.id)}"[:MAX_IDENTIFIER]
 
 
 @contextmanager
@@ -134,9 +151,10 @@ def _step(steps: list[Step], name: str) -> Iterator[Step]:
     step.status = "done"
 
 
-def create_database(url: SecretStr, name: str) -> None:
+def create_database(url: SecretStr, name: str, comment: str | None = None) -> None:
     """Create ``name`` with the database-level grants of the login's database (the roles
-    that may connect to, and create in, the current one may do so in the restored one)."""
+    that may connect to, and create in, the current one may do so in the restored one),
+    and ``comment`` (the mark of a restore in progress)."""
     from psycopg import errors, sql
 
     with pg.connect(url) as conn:
@@ -148,6 +166,12 @@ def create_database(url: SecretStr, name: str) -> None:
                 hint="Choose another --target-db, or drop it first.",
             ) from None
         try:
+            if comment is not None:
+                conn.execute(
+                    sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        sql.Identifier(name), sql.Literal(comment)
+                    )
+                )
             pg.copy_database_grants(conn, str(conn.info.dbname), name)
         except BaseException:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
@@ -186,7 +210,8 @@ def restore_into(
 ) -> tuple[dict[str, Any], list[str]]:
     """create-database → restore-data → restore-post-data → validate, as one schedule of
     ``jobs`` workers (see :mod:`ptool_ops.backup.restore_plan`); returns the invariants and the
-    row count mismatches. Drops the target on failure."""
+    row count mismatches. The target carries the in-progress mark until the caller clears
+    it. Drops the target on failure."""
     with pg.connect(url) as conn:
         facts = pg.server_facts(conn)
     tool = pg.find_tool(
@@ -196,7 +221,7 @@ def restore_into(
         pg_bin_dir=pg_bin_dir,
     )
     with _step(steps, "create-database"):
-        create_database(url, target)
+        create_database(url, target, swap.INCOMPLETE.format(id=manifest.id))
     target_url = url_for(url, target)
     work = Path(tempfile.mkdtemp(prefix="ptool-restore-"))  # 0700: the post-data archive
     try:
@@ -488,38 +513,6 @@ def _checker(url: SecretStr, names: list[str], outcome: _Outcome) -> Callable[[]
     return run
 
 
-def swap(url: SecretStr, current: str, restored: str, keep_as: str) -> None:
-    """Put ``restored`` in place of ``current``, keeping ``current`` as ``keep_as``."""
-    from psycopg import sql
-
-    ident = sql.Identifier
-    rename = sql.SQL("ALTER DATABASE {} RENAME TO {}")
-    allow = sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}")
-    with pg.connect(url, dbname="postgres") as conn:
-        conn.execute(allow.format(ident(current), sql.SQL("false")))
-        try:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (current,),
-            )
-            conn.execute(rename.format(ident(current), ident(keep_as)))
-        except Exception:
-            conn.execute(allow.format(ident(current), sql.SQL("true")))
-            raise
-        try:
-            conn.execute(rename.format(ident(restored), ident(current)))
-        except Exception as err:
-            raise ManualActionRequired(
-                f"the current database was renamed {keep_as}, but {restored} could not take "
-                f"its name ({type(err).__name__}).",
-                hint=f"Run ALTER DATABASE {restored} RENAME TO {current}; or, to go back, "
-                f"ALTER DATABASE {keep_as} RENAME TO {current}; ALTER DATABASE {current} "
-                "ALLOW_CONNECTIONS true;",
-            ) from None
-        conn.execute(allow.format(ident(keep_as), sql.SQL("true")))
-
-
 def restore(
     env: Environment,
     backup_id: str,
@@ -529,16 +522,19 @@ def restore(
     jobs: int = 2,
     dry_run: bool = False,
     progress: Progress | None = None,
+    lock_wait_s: float | None = None,
 ) -> RestoreResult:
-    """Restore a backup into a new database (default) or in place of the current one."""
+    """Restore a backup into a new database (default) or in place of the current one.
+    ``lock_wait_s``: how long the swap waits for a running migration (default: the
+    environment's ``migrate_lock_wait_s``)."""
     report: Progress = progress or (lambda stage, done, total: None)
     if in_place and target_db:
-        raise OperationFailed(
+        raise UsageError(
             "--in-place and --target-db exclude each other.",
             hint="Use --in-place to replace the environment's database, or --target-db NAME.",
         )
     repo = env.repository()
-    manifest = resolve(repo, backup_id)
+    manifest = resolve(repo, backup_id, must_exist=must_exist(env))
     duty = "backup.restore_in_place" if in_place else "backup.restore"
     url = env.database(duty).url
     current = str(pg._params(url).get("dbname") or manifest.database)
@@ -551,34 +547,62 @@ def restore(
         return result
     with pg.connect(url) as conn:
         privileges.require(conn, duty)
+    keep_as = keep_name(current, manifest)
+    if in_place and swap.database_exists(url, keep_as):
+        raise Conflict(
+            f"backup {manifest.id} was already restored in place here: {keep_as}, the database "
+            f"that swap replaced, still exists; nothing was changed.",
+            hint=f"To restore it again, rename or drop {keep_as} first (ALTER DATABASE "
+            f"{keep_as} RENAME TO ...). If the API is still in maintenance mode: "
+            "ptool-ops api maintenance off",
+        )
+    wait_s = env.settings.migrate_lock_wait_s if lock_wait_s is None else lock_wait_s
     clock = time.monotonic()
-    with env.audit(
+
+    def done() -> str:
+        if in_place:
+            return (
+                f"backup {manifest.id} was restored in place of {current} (the previous "
+                f"database is kept as {keep_as})"
+            )
+        return f"backup {manifest.id} was restored into {target}"
+
+    with audited(
+        env,
         "backup.restore",
         {"backup_id": manifest.id, "target": result.target_database, "in_place": in_place},
+        done=done,
     ) as record:
-        try:
-            _run(repo, manifest, url, target, current, result, jobs, report, env.pg_bin_dir)
-        except ManualActionRequired:
-            raise
-        except PtoolError as err:
-            failed = next((st.name for st in steps if st.status == "failed"), "a step")
-            raise type(err)(
-                f"restoring backup {manifest.id} failed at {failed}: "
-                f"{err.message.rstrip('.')}; nothing was changed.",
-                hint=err.hint,
-            ) from None
+        # in place, the lock lives on 'postgres': the current database's sessions all end
+        with swap.target_lock(url, target, dbname="postgres" if in_place else None):
+            note = swap.clear_leftover(url, target, manifest.id)
+            if note:
+                result.notes.append(note)
+            try:
+                _run(env, repo, manifest, url, target, current, result, jobs, report, wait_s)
+            except ManualActionRequired:
+                raise
+            except PtoolError as err:
+                failed = next((st.name for st in steps if st.status == "failed"), "a step")
+                raise type(err)(
+                    f"restoring backup {manifest.id} failed at {failed}: "
+                    f"{err.message.rstrip('.')}; nothing was changed.",
+                    hint=err.hint,
+                ) from None
         result.elapsed_s = round(time.monotonic() - clock, 3)
         record.details.update(
             {
                 "ok": result.ok,
                 "previous_database": result.previous_database,
                 "elapsed_s": result.elapsed_s,
+                "notes": result.notes,
             }
         )
     return result
 
 
 def _run(
+    env: Environment,
     repo: Repository,
     manifest: BackupManifest,
     url: SecretStr,
@@ -587,7 +611,7 @@ def _run(
     result: RestoreResult,
     jobs: int,
     report: Progress,
-    pg_bin_dir: Path | None,
+    lock_wait_s: float,
 ) -> None:
     """The plan's steps in order. A failure before the swap leaves nothing behind but a
     restored copy that failed validation (kept for inspection unless in place)."""
@@ -609,7 +633,7 @@ def _run(
         target,
         steps,
         jobs=jobs,
-        pg_bin_dir=pg_bin_dir,
+        pg_bin_dir=env.pg_bin_dir,
         progress=report,
     )
     try:
@@ -623,6 +647,8 @@ def _run(
                 or [f"{result.invariants.get('violation_count')} invariant violation(s)"]
             )
         if not result.in_place:
+            comment = None if result.ok else swap.FAILED.format(id=manifest.id)
+            swap.set_comment(url, target, comment)
             return
         if not result.ok:
             raise OperationFailed(
@@ -630,9 +656,9 @@ def _run(
                 "was not touched",
                 hint="Inspect the backup with 'ptool-ops backup verify --restore ID'.",
             )
-        keep_as = f"{current}_before_{suffix(manifest.id)}"[:MAX_IDENTIFIER]
+        keep_as = keep_name(current, manifest)
         with _step(steps, "swap"):
-            swap(url, current, target, keep_as)
+            _swap(env, url, current, target, keep_as, manifest.id, lock_wait_s, result)
         result.previous_database = keep_as
     except ManualActionRequired:
         raise
@@ -640,3 +666,41 @@ def _run(
         if result.in_place:
             drop_database(url, target)
         raise
+
+
+def _swap(
+    env: Environment,
+    url: SecretStr,
+    current: str,
+    target: str,
+    keep_as: str,
+    backup_id: str,
+    lock_wait_s: float,
+    result: RestoreResult,
+) -> None:
+    from ptool_ops.migrate.run_lock import run_lock
+
+    carried = swap.carry_over(url, current, target)
+    if carried:
+        result.notes.append("carried over: " + ", ".join(carried))
+    swapped = False
+    try:
+        with (
+            run_lock(
+                url,
+                wait_s=lock_wait_s,
+                application_name=swap.SWAP_APPLICATION + " (migration lock)",
+            ) as lock,
+            swap.maintenance(env, f"restoring backup {backup_id} in place", result.notes),
+        ):
+            swap.rename_pair(url, current, target, keep_as, let_go=[lock])
+            swapped = True
+    except PtoolError as err:
+        if not swapped:
+            raise
+        # the swap is committed: whatever failed after it (maintenance off) does not undo it
+        raise ManualActionRequired(
+            f"backup {backup_id} was restored in place of {current} (the previous database "
+            f"is kept as {keep_as}), but {err.message.rstrip('.')}.",
+            hint=err.hint,
+        ) from None

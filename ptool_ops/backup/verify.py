@@ -9,7 +9,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ptool_ops import privileges
-from ptool_ops.backup.listing import resolve
+from ptool_ops.backup import swap
+from ptool_ops.backup.audited import audited
+from ptool_ops.backup.listing import must_exist, resolve
 from ptool_ops.backup.models import ObjectCheck, VerifyResult, verified_key
 from ptool_ops.backup.restore import (
     default_target,
@@ -39,11 +41,16 @@ def verify(
     report: Progress = progress or (lambda stage, done, total: None)
     clock = time.monotonic()
     repo = env.repository()
-    manifest = resolve(repo, backup_id)
+    manifest = resolve(repo, backup_id, must_exist=must_exist(env))
     for item in manifest.objects:
         repo.check_key(item)
     result = VerifyResult(manifest.id, True, [])
-    with env.audit("backup.verify", {"backup_id": manifest.id, "restore": restore}) as record:
+    with audited(
+        env,
+        "backup.verify",
+        {"backup_id": manifest.id, "restore": restore},
+        done=lambda: f"backup {manifest.id} was verified ({'ok' if result.ok else 'problems'})",
+    ) as record:
         total = sum(o.raw_size for o in manifest.objects)
         done = 0
         for item in manifest.objects:
@@ -65,17 +72,19 @@ def verify(
             url = login.url
             scratch = default_target(manifest, "verify")
             steps = plan(manifest, scratch, in_place=False, jobs=jobs, current_db="")
-            invariants, mismatches = restore_into(
-                repo,
-                manifest,
-                url,
-                scratch,
-                steps,
-                jobs=jobs,
-                pg_bin_dir=env.pg_bin_dir,
-                progress=report,
-            )
-            drop_database(url, scratch)
+            with swap.target_lock(url, scratch):
+                swap.clear_leftover(url, scratch, manifest.id)  # of a killed verify
+                invariants, mismatches = restore_into(
+                    repo,
+                    manifest,
+                    url,
+                    scratch,
+                    steps,
+                    jobs=jobs,
+                    pg_bin_dir=env.pg_bin_dir,
+                    progress=report,
+                )
+                drop_database(url, scratch)
             result.restore = {
                 "scratch_database": scratch,
                 "invariants": invariants,

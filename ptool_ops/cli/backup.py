@@ -87,13 +87,15 @@ def create(
 
 @app.command("list")
 def list_(ctx: typer.Context) -> None:
-    """Complete backups, oldest first (failed or running ones are never listed)."""
+    """Backups in the repository, oldest first: complete ones, and those whose manifest
+    this ptool-ops cannot read (shown as such). Failed or running ones are never listed."""
     from ptool_ops import backup
 
     app_ctx = context.get(ctx)
     rows = backup.list_backups(app_ctx.env)
 
     def render(out: Console) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
         if not rows:
@@ -101,16 +103,23 @@ def list_(ctx: typer.Context) -> None:
             return
         table = Table("id", "started", "database", "schema", "stored", "enc", "verified", box=None)
         for row in rows:
+            started = row.started_at.strftime("%Y-%m-%d %H:%M:%S") if row.started_at else "?"
+            if row.status != "complete":
+                table.add_row(row.id, started, f"[red]{row.status}[/red]", "", "", "", "")
+                continue
             table.add_row(
                 row.id,
-                row.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                row.database,
+                started,
+                row.database or "-",
                 row.schema_version or "-",
-                _size(row.stored_bytes),
+                _size(row.stored_bytes or 0),
                 "yes" if row.encrypted else "no",
                 row.verified_at or "-",
             )
         out.print(table)
+        for row in rows:
+            if row.problem:
+                out.print(f"[red]{row.status}:[/red] {escape(row.problem)}")
 
     app_ctx.output.result(rows, render)
 
@@ -200,12 +209,25 @@ def restore(
         help="Replace the environment's database (the current one is kept, renamed).",
     ),
     jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="pg_restore jobs for indexes."),
+    lock_wait: float | None = typer.Option(
+        None,
+        "--lock-wait",
+        min=0,
+        help="In place: seconds the swap waits for a running migration "
+        "(default: migrate_lock_wait_s).",
+    ),
 ) -> None:
     """Restore a backup into a new database (default) or in place; checksums first,
     invariants after. --dry-run prints the plan."""
     from ptool_ops import backup
+    from ptool_ops.errors import UsageError
 
     app_ctx = context.get(ctx)
+    if in_place and target_db:
+        raise UsageError(
+            "--in-place and --target-db exclude each other.",
+            hint="Use --in-place to replace the environment's database, or --target-db NAME.",
+        )
     env = app_ctx.env
     if in_place and not app_ctx.dry_run and env.protected:
         app_ctx.confirm(
@@ -220,9 +242,12 @@ def restore(
             jobs=jobs,
             dry_run=app_ctx.dry_run,
             progress=progress,
+            lock_wait_s=lock_wait,
         )
 
     def render(out: Console) -> None:
+        from rich.markup import escape
+
         if result.dry_run:
             out.print(f"plan for restoring backup [bold]{result.id}[/bold] (nothing done):")
         for number, step in enumerate(result.steps, start=1):
@@ -240,6 +265,8 @@ def restore(
             out.print(f"[red]the restored database {result.target_database} fails validation[/red]")
         if result.previous_database:
             out.print(f"  the previous database is kept as {result.previous_database}")
+        for note in result.notes:
+            out.print(f"  note: {escape(note)}")
 
     app_ctx.output.result(result, render)
     if not result.ok:
@@ -257,7 +284,18 @@ def prune(
         60,
         "--orphans-older-than",
         min=0,
-        help="Remove failed/unfinished uploads older than this many minutes.",
+        help="Remove failed/unfinished uploads older than this many minutes "
+        "(a running backup's lease protects it whatever its age).",
+    ),
+    forget_unreadable: list[str] = typer.Option(
+        [],
+        "--forget-unreadable",
+        metavar="ID",
+        help="Delete this backup although its manifest cannot be read (damaged, or written "
+        "by a newer ptool-ops); repeatable. Without it such a backup stops the prune.",
+    ),
+    lock_wait: float = typer.Option(
+        30, "--lock-wait", min=0, help="Seconds to wait for another prune to finish."
     ),
 ) -> None:
     """Delete backups the retention policy does not keep, and leftovers of failed runs.
@@ -277,20 +315,33 @@ def prune(
         keep_monthly=base.keep_monthly if keep_monthly is None else keep_monthly,
     )
     if not app_ctx.dry_run and env.protected:
-        app_ctx.confirm(f"Delete backups of protected environment {env.name!r} by policy")
+        what = f"Delete backups of protected environment {env.name!r} by policy"
+        if forget_unreadable:
+            what += ", and the unreadable backup(s) " + ", ".join(forget_unreadable)
+        app_ctx.confirm(what)
     result = run_prune(
         env,
         policy=policy,
         dry_run=app_ctx.dry_run,
         orphan_age=timedelta(minutes=orphan_minutes),
+        forget_unreadable=forget_unreadable,
+        lock_wait_s=lock_wait,
     )
 
     def render(out: Console) -> None:
+        from rich.markup import escape
+
         verb = "would delete" if result.dry_run else "deleted"
+        if result.took_over_lock:
+            out.print(f"took over an abandoned prune lock ({escape(result.took_over_lock)})")
+        for backup_id in result.forgotten:
+            out.print(f"[red]{verb}[/red] unreadable backup {backup_id}")
         for d in result.deleted:
             out.print(f"[red]{verb}[/red] {d.id}")
         for d in result.kept:
             out.print(f"kept {d.id} ({', '.join(d.reasons)})")
+        for backup_id, holder in result.running.items():
+            out.print(f"left {backup_id} alone: being written ({escape(holder)})")
         for orphan in result.orphans:
             out.print(f"[red]{verb}[/red] incomplete backup {orphan}")
         for partial in result.partial_uploads:
@@ -298,9 +349,10 @@ def prune(
                 f"[red]{'would abort' if result.dry_run else 'aborted'}[/red] upload {partial}"
             )
         out.print(
-            f"{len(result.kept)} kept, {len(result.deleted)} {verb}, "
+            f"{len(result.kept)} kept, {len(result.deleted) + len(result.forgotten)} {verb}, "
             f"{len(result.orphans) + len(result.partial_uploads)} leftovers "
             f"{'to clean' if result.dry_run else 'cleaned'}"
+            + (f", {len(result.running)} running" if result.running else "")
         )
 
     app_ctx.output.result(result, render)

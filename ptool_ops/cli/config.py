@@ -16,13 +16,39 @@ app = typer.Typer(help="Environment settings: check them, show them, list the ke
 
 @app.command()
 def check(ctx: typer.Context) -> None:
-    """Load and validate the environment's settings; names the failing key and its source."""
+    """Load and validate the environment's settings (names the failing key and its source),
+    and check the backup repository: its directory, or bucket, credentials and endpoint."""
+    from ptool_ops.repo.check import RepositoryCheck, check_repository
+
     app_ctx = context.get(ctx)
     settings = app_ctx.settings
-    data = {"environment": settings.name, "valid": True}
-    app_ctx.output.result(
-        data, lambda out: out.print(f"[green]✓[/green] settings of {settings.name!r} are valid")
-    )
+    env = app_ctx.env
+    repo: RepositoryCheck | None = None
+    if settings.repo_url or env.is_local:
+        repo = check_repository(env.repository(), made_on_first_use=not settings.repo_url)
+    data = {
+        "environment": settings.name,
+        "valid": repo is None or repo.ok,
+        "settings_valid": True,
+        "repository": repo,
+    }
+
+    def render(out: Console) -> None:
+        from rich.markup import escape
+
+        out.print(f"[green]✓[/green] settings of {settings.name!r} are valid")
+        if repo is None:
+            out.print("  no backup repository configured (repo_url)")
+        elif repo.ok:
+            note = f" ({escape(repo.note)})" if repo.note else ""
+            out.print(f"[green]✓[/green] repository {escape(repo.url)}{note}")
+        else:
+            out.print(f"[red]✗[/red] repository {escape(repo.url)}")
+
+    app_ctx.output.result(data, render)
+    failure = repo.error() if repo is not None else None
+    if failure is not None:
+        app_ctx.fail(failure)
 
 
 @app.command()

@@ -17,6 +17,17 @@ class CorruptObject(OperationFailed):
     kind = "corrupt_object"
 
 
+class UnreadableManifest(CorruptObject):
+    """A manifest that cannot be trusted: damaged JSON, failed validation, or (``newer``)
+    a ``format_version`` above the one this ptool-ops knows."""
+
+    kind = "unreadable_manifest"
+
+    def __init__(self, message: str, *, hint: str | None = None, newer: bool = False) -> None:
+        super().__init__(message, hint=hint)
+        self.newer = newer
+
+
 class WrongKey(ConfigError):
     """The configured encryption key is not the one the object was written with."""
 

@@ -2,13 +2,22 @@
 
 A temp file is ``.<name>.<random>.partial`` beside its final name, so a crash leaves
 something :meth:`FileStorage.list_partial` can find, never a half-written object under
-the real name.
+the real name. Names starting with ``.`` are never objects (temp files, the guard).
+
+Compare-and-swap (leases, the prune lock): a new object is a complete temp file
+hard-linked to its name (``link(2)`` fails with ``EEXIST`` exactly like
+``open(O_CREAT|O_EXCL)`` when the name exists, and the object never appears half
+written); replacing or deleting one compares its SHA-256 while holding an exclusive
+``flock`` on ``<root>/.ptool-guard``, which every conditional operation takes. The file
+system must support locks (local disks do; NFS since v4).
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import fcntl
+import hashlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -23,11 +32,13 @@ from ptool_ops.repo.storage import (
     ObjectInfo,
     PartialUpload,
     Storage,
+    Versioned,
     Writer,
     check_key,
 )
 
 PARTIAL_SUFFIX = ".partial"
+GUARD = ".ptool-guard"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -125,7 +136,7 @@ class FileStorage(Storage):
         found: list[ObjectInfo] = []
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
-                if name.endswith(PARTIAL_SUFFIX):
+                if name.startswith("."):  # temp files and the guard
                     continue
                 path = Path(dirpath) / name
                 key = path.relative_to(self.root).as_posix()
@@ -139,9 +150,13 @@ class FileStorage(Storage):
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        parent = path.parent
+        self._remove_empty(path.parent)
+
+    def _remove_empty(self, parent: Path) -> None:
+        """Remove ``parent`` and its parents up to the root while they are empty."""
         while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
+            with contextlib.suppress(OSError):  # someone wrote into it meanwhile
+                parent.rmdir()
             parent = parent.parent
 
     def exists(self, key: str) -> bool:
@@ -162,3 +177,89 @@ class FileStorage(Storage):
     def abort_partial(self, partial: PartialUpload) -> None:
         path = self._path(partial.key).parent / partial.upload_id
         path.unlink(missing_ok=True)
+        self._remove_empty(path.parent)
+
+    def check_location(self) -> None:
+        if not self.root.is_dir():
+            raise ConfigError(
+                f"no such repository directory {self.root} — a typo?",
+                hint="Check repo_url (file:///path); 'ptool-ops backup create' makes the "
+                "directory on first use, nothing else does.",
+            )
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise ConfigError(
+                f"the repository directory {self.root} cannot be read.",
+                hint="Check its permissions for the user running ptool-ops.",
+            )
+
+    # --- compare-and-swap -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / GUARD, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as err:
+            raise OperationFailed(
+                f"cannot lock the repository {self.root}: {err.strerror}.",
+                hint="Check that the directory exists and is writable.",
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _read(self, path: Path) -> Versioned | None:
+        try:
+            data = path.read_bytes()
+            modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except FileNotFoundError:
+            return None
+        return Versioned(data, hashlib.sha256(data).hexdigest(), modified)
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        return self._read(self._path(key))
+
+    def _temp_with(self, final: Path, data: bytes) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        temp = final.parent / f".{final.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return temp
+
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        final = self._path(key)
+        with self._guard():
+            temp = self._temp_with(final, data)
+            try:
+                os.link(temp, final)
+            except FileExistsError:
+                return None
+            finally:
+                temp.unlink(missing_ok=True)
+            _fsync_dir(final.parent)
+        return hashlib.sha256(data).hexdigest()
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> str | None:
+        final = self._path(key)
+        with self._guard():
+            current = self._read(final)
+            if current is None or current.tag != tag:
+                return None
+            temp = self._temp_with(final, data)
+            os.replace(temp, final)
+            _fsync_dir(final.parent)
+        return hashlib.sha256(data).hexdigest()
+
+    def delete_if(self, key: str, tag: str) -> bool:
+        final = self._path(key)
+        with self._guard():
+            current = self._read(final)
+            if current is None or current.tag != tag:
+                return False
+            self.delete(key)
+        return True

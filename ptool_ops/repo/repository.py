@@ -288,4 +288,7 @@ class Repository:
         return data if isinstance(data, dict) else None
 
     def read_manifest(self, key: str, model: type[M]) -> M:
-        return parse_manifest(self.storage.get_bytes(key), model, f"{self.url}/{key}")
+        return self.parse_manifest(self.storage.get_bytes(key), key, model)
+
+    def parse_manifest(self, raw: bytes, key: str, model: type[M]) -> M:
+        return parse_manifest(raw, model, f"{self.url}/{key}")

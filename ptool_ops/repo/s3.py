@@ -17,6 +17,13 @@ to end.
 
 Transient failures (connection errors, throttling, 5xx) of single calls are retried with
 tenacity (exponential backoff); botocore's own retries are off so the two do not multiply.
+
+Leases and the prune lock use S3's conditional writes: ``PutObject`` with
+``If-None-Match: *`` (create only if absent), ``PutObject`` and ``DeleteObject`` with
+``If-Match: <ETag>`` (replace or delete only what we last saw). A precondition that fails
+(412) or a concurrent conditional write (409) is an answer, not an error. A store that
+does not implement them (501) is refused with a sentence: without them two prunes cannot
+exclude each other. moto's server mode implements all three.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from ptool_ops.repo.storage import (
     ObjectInfo,
     PartialUpload,
     Storage,
+    Versioned,
     Writer,
     check_key,
 )
@@ -61,6 +69,11 @@ def _code(err: Exception) -> str:
     return ""
 
 
+#: answers of a conditional request that mean "the condition does not hold"
+_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_MISSING = {"NoSuchKey", "404", "NotFound"}
+
+
 def _transient(err: BaseException) -> bool:
     from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
@@ -83,6 +96,12 @@ def _translate(err: Exception, what: str, url: str) -> PtoolError:
         )
     if isinstance(err, ClientError):
         code = _code(err) or "error"
+        if code in {"NotImplemented", "501"}:
+            return ConfigError(
+                f"cannot {what}: the S3 store at {url} does not implement conditional writes "
+                "(If-None-Match / If-Match), which leases and the prune lock rely on.",
+                hint="Use AWS S3 or a store that implements them (MinIO, Cloudflare R2 do).",
+            )
         if code in {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"}:
             return ConfigError(
                 f"cannot {what}: S3 answered {code} for {url}.",
@@ -286,6 +305,95 @@ class S3Storage(Storage):
                 Bucket=self.bucket, Key=full, UploadId=partial.upload_id
             ),
         )
+
+    def check_location(self) -> None:
+        from botocore.exceptions import ClientError
+
+        def head() -> None:
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as err:
+                if _code(err) in {"404", "NoSuchBucket", "NotFound"}:
+                    raise ClientError(
+                        {"Error": {"Code": "NoSuchBucket", "Message": "no such bucket"}},
+                        "HeadBucket",
+                    ) from None
+                if _code(err) in {"403", "Forbidden"}:
+                    raise ClientError(
+                        {"Error": {"Code": "AccessDenied", "Message": "forbidden"}},
+                        "HeadBucket",
+                    ) from None
+                raise
+
+        self.call(f"reach the bucket {self.bucket}", head)
+
+    # --- compare-and-swap -----------------------------------------------------------------
+
+    def _conditional(self, what: str, fn: Callable[[], T]) -> T | None:
+        """``fn``'s answer, or None when its precondition does not hold."""
+        from botocore.exceptions import ClientError
+
+        def attempt() -> T | None:
+            try:
+                return fn()
+            except ClientError as err:
+                if _code(err) in _PRECONDITION | _MISSING:
+                    return None
+                raise
+
+        return self.call(what, attempt)
+
+    def read_versioned(self, key: str) -> Versioned | None:
+        full = self._key(key)
+
+        def get() -> Versioned:
+            response = self.client.get_object(Bucket=self.bucket, Key=full)
+            with contextlib.closing(response["Body"]) as body:
+                data = body.read()
+            return Versioned(data, response["ETag"], response["LastModified"])
+
+        return self._conditional(f"read {key}", get)
+
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        full = self._key(key)
+
+        def put() -> str:
+            response = self.client.put_object(
+                Bucket=self.bucket,
+                Key=full,
+                Body=data,
+                IfNoneMatch="*",
+                ServerSideEncryption=SSE,
+                **self.checksum_args,
+            )
+            return response["ETag"]
+
+        return self._conditional(f"create {key}", put)
+
+    def replace_if(self, key: str, data: bytes, tag: str) -> str | None:
+        full = self._key(key)
+
+        def put() -> str:
+            response = self.client.put_object(
+                Bucket=self.bucket,
+                Key=full,
+                Body=data,
+                IfMatch=tag,
+                ServerSideEncryption=SSE,
+                **self.checksum_args,
+            )
+            return response["ETag"]
+
+        return self._conditional(f"replace {key}", put)
+
+    def delete_if(self, key: str, tag: str) -> bool:
+        full = self._key(key)
+
+        def delete() -> bool:
+            self.client.delete_object(Bucket=self.bucket, Key=full, IfMatch=tag)
+            return True
+
+        return bool(self._conditional(f"delete {key}", delete))
 
 
 class S3Writer(Writer):

@@ -9,6 +9,13 @@ A write is a small lifecycle: :meth:`Storage.open_writer` returns a :class:`Writ
 (nothing appears). A process killed in between leaves a *partial upload* — a temp file, an
 S3 multipart upload — that :meth:`Storage.list_partial` finds and
 :meth:`Storage.abort_partial` removes.
+
+Small coordination objects (leases, the prune lock: :mod:`ptool_ops.repo.lease`) need
+compare-and-swap: :meth:`Storage.create_exclusive` (S3 ``If-None-Match: *``; on disk a
+hard link, which fails like ``O_EXCL`` when the name exists), :meth:`Storage.replace_if`
+and :meth:`Storage.delete_if` (S3 ``If-Match: <ETag>``; on disk under an ``flock`` on the
+repository's ``.ptool-guard`` file), against the tag :meth:`Storage.read_versioned`
+returned.
 """
 
 from __future__ import annotations
@@ -37,6 +44,15 @@ class PartialUpload:
     key: str
     upload_id: str  # the S3 UploadId, or the temp file's name on disk
     started: datetime
+
+
+@dataclass(frozen=True)
+class Versioned:
+    """A small object's bytes with the tag a conditional write compares against."""
+
+    data: bytes
+    tag: str  # the S3 ETag; on disk the SHA-256 of the content
+    modified: datetime  # the store's own time of the last write
 
 
 class Writer(abc.ABC):
@@ -82,6 +98,31 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     def abort_partial(self, partial: PartialUpload) -> None: ...
+
+    @abc.abstractmethod
+    def check_location(self) -> None:
+        """Raise (one sentence) unless the repository's location exists and can be read:
+        the directory for ``file://``; the bucket, credentials and endpoint for ``s3://``."""
+
+    # --- compare-and-swap, for leases and locks ----------------------------------------------
+
+    @abc.abstractmethod
+    def read_versioned(self, key: str) -> Versioned | None:
+        """The object with its tag, or None when there is none."""
+
+    @abc.abstractmethod
+    def create_exclusive(self, key: str, data: bytes) -> str | None:
+        """Store ``data`` under ``key`` only if there is no such object; its tag, or None
+        when the key exists (someone else was first)."""
+
+    @abc.abstractmethod
+    def replace_if(self, key: str, data: bytes, tag: str) -> str | None:
+        """Overwrite ``key`` only while it still carries ``tag``; the new tag, or None when
+        the object changed or is gone."""
+
+    @abc.abstractmethod
+    def delete_if(self, key: str, tag: str) -> bool:
+        """Delete ``key`` only while it still carries ``tag``; whether it was deleted."""
 
     # --- written once, on top of the primitives ---------------------------------------------
 

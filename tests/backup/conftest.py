@@ -14,6 +14,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.api.conftest import standin  # noqa: F401 -- the booking API stand-in, for restores
 from tests.conftest import OWNER, Cli, TestDatabase, add_canaries, admin_url
 
 KEY = base64.b64encode(b"k" * 32).decode()

@@ -74,6 +74,7 @@ def test_key_from_a_secret_reference(file_env: Env, tmp_path: Path) -> None:
 
 
 def test_unknown_backup_and_empty_repository(file_env: Env) -> None:
+    Path(file_env.repo_url.removeprefix("file://")).mkdir()  # empty, but there
     result = file_env.run("backup show nope")
     assert result.exit_code == 8
     assert "there is no complete backup 'nope'" in result.stderr
