@@ -23,8 +23,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from psycopg import sql
-
 from ptool_ops import pg, privileges
 from ptool_ops.booking import load
 from ptool_ops.booking.api import BookingApi
@@ -37,9 +35,7 @@ def rotate(env: LocalEnvironment, role: str) -> None:
     """As the owner, who administers the app logins (what a rotation does)."""
     password = secrets.token_urlsafe(24)
     with pg.connect(env.facts.role_url(privileges.OWNER)) as conn:
-        conn.execute(
-            sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
-        )
+        pg.set_password(conn, role, password)
     doc = json.loads(env.paths.secrets.read_text())
     doc["passwords"][role] = password
     doc["app_role"] = role

@@ -181,19 +181,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ptool-bench-"))
     os.chmod(work, 0o755)  # noqa: S103 - as root, the server runs as another OS user
     env = LocalEnvironment(work / "local", archive=False)
-    try:
-        env.up(api=False)  # type: ignore[call-arg]
-    except TypeError:
-        env.up()
+    env.up(api=False)
     moto = None
     try:
-        # both sides run as the operator (booking_owner), as a deployed environment would;
-        # seeding and settling the data is set-up, by the server's superuser
+        # both sides run as the operator (booking_owner), as a deployed environment would,
+        # who seeds the data too (as 'local seed' does); settling it (VACUUM of tables the
+        # migrator owns, CHECKPOINT) is server set-up, by the scratch server's superuser
         url = env.facts.role_url(OWNER)
-        setup = env.server.superuser_url("booking", purpose="bench set-up")
         print(f"seeding {args.bookings} bookings into a scratch server in {work} ...", flush=True)
-        with pg.connect(setup) as conn:
+        with pg.connect(url) as conn:
             seeded = seed(conn, tenants=args.tenants, bookings=args.bookings, seed=1)
+        with pg.connect(env.server.superuser_url("booking", purpose="bench set-up")) as conn:
             # settle the new rows first, as a production database's are: otherwise the
             # first runs (the baseline's first) set hint bits and race autovacuum's
             # insert-triggered vacuum of the whole seed

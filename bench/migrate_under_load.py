@@ -161,10 +161,11 @@ def main() -> int:
         up = env.up()
         try:
             began = time.monotonic()
-            # set-up (seeding, settling) by the server's superuser; the migration runs as
-            # booking_migrator, as CI runs it
-            with pg.connect(env.server.superuser_url("booking", purpose="bench set-up")) as conn:
+            # seeded by the operator (booking_owner, as 'local seed' does) and settled by the
+            # scratch server's superuser; the migration runs as booking_migrator, as CI runs it
+            with pg.connect(env.facts.role_url(OWNER)) as conn:
                 seeded = seed(conn, tenants=args.tenants, bookings=args.bookings)
+            with pg.connect(env.server.superuser_url("booking", purpose="bench set-up")) as conn:
                 conn.execute("VACUUM (ANALYZE)")  # settle: no autovacuum storm mid-baseline
                 conn.execute("CHECKPOINT")
                 settle_archiver(conn)

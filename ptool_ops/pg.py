@@ -308,3 +308,17 @@ def copy_database_grants(conn: psycopg.Connection[Any], source: str, target: str
             )
         )
     return len(grants)
+
+
+def set_password(conn: psycopg.Connection[Any], role: str, password: str) -> None:
+    """``ALTER ROLE role PASSWORD`` with a SCRAM-SHA-256 verifier made here, by libpq: the
+    server (its statement log, an error's ``STATEMENT:`` line, ``pg_stat_activity``) never
+    sees the password itself."""
+    from psycopg import sql
+
+    verifier = conn.pgconn.encrypt_password(
+        password.encode(), role.encode(), b"scram-sha-256"
+    ).decode("ascii")
+    conn.execute(
+        sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier))
+    )

@@ -115,7 +115,7 @@ class RolePasswordsProvider(InputsProvider):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _apply(self, inputs: RolePasswordsInputs) -> None:
-        from psycopg import sql
+        from ptool_ops import pg
 
         names = sorted(inputs.passwords)
         with self._connect(inputs) as conn:
@@ -139,11 +139,7 @@ class RolePasswordsProvider(InputsProvider):
                 )
             with conn.transaction():
                 for name in names:
-                    conn.execute(
-                        sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                            sql.Identifier(name), sql.Literal(inputs.passwords[name])
-                        )
-                    )
+                    pg.set_password(conn, name, inputs.passwords[name])
 
     @staticmethod
     def _id(inputs: RolePasswordsInputs) -> str:

@@ -30,7 +30,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ptool_ops.errors import Conflict, DatabaseUnavailable, OperationFailed, ToolMissing
 from ptool_ops.pg import bundled_bin_dir
@@ -43,6 +43,9 @@ _SOCKET_NAME_MAX = 100  # sun_path is 108 bytes on Linux; ".s.PGSQL.NNNNN" must 
 _CONF_FILE = "ptool.conf"
 #: application_name prefix of the superuser's sessions (server set-up: local up/down/reset)
 SETUP_APPLICATION = "ptool-ops server set-up: "
+#: why the superuser logs in: ``local up`` making the platform's roles (as Neon's control
+#: plane would), or a bench settling its scratch server (VACUUM, CHECKPOINT)
+SetupPurpose = Literal["local up", "bench set-up"]
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,7 @@ class LocalServer:
     def state(self) -> ServerState:
         return server_state(self.paths)
 
-    def superuser_url(self, dbname: str = DATABASE, *, purpose: str = "local up") -> str:
+    def superuser_url(self, dbname: str, *, purpose: SetupPurpose) -> str:
         """Superuser over the Unix socket (trust: the one role without a password), for
         server set-up only: ``application_name`` says which (the suite checks it)."""
         from urllib.parse import quote
@@ -322,6 +325,9 @@ class LocalServer:
             # every login is logged with its role and application_name: who connected as
             # the superuser is on record (the test suite holds commands to it)
             "log_connections = 'authorization'\n"
+            # DDL is on record as on a deployed server: a password sent in plain text to
+            # ALTER ROLE would land here (ptool-ops sends verifiers; the suite checks)
+            "log_statement = 'ddl'\n"
             "log_min_messages = warning\n"
         )
         target = self.paths.pgdata / _CONF_FILE

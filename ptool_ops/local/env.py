@@ -122,7 +122,7 @@ class LocalEnvironment:
 
         from ptool_ops import pg
 
-        with pg.connect(self.server.superuser_url("postgres")) as conn:
+        with pg.connect(self.server.superuser_url("postgres", purpose="local up")) as conn:
             made_before = conn.execute(
                 "SELECT datdba::regrole::text FROM pg_database WHERE datname = %s", (DATABASE,)
             ).fetchone()
@@ -134,12 +134,7 @@ class LocalEnvironment:
                 )
             for statement in privileges.platform_role_statements():
                 conn.execute(statement)
-            conn.execute(
-                sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                    sql.Identifier(privileges.OWNER),
-                    sql.Literal(creds.passwords[privileges.OWNER]),
-                )
-            )
+            pg.set_password(conn, privileges.OWNER, creds.passwords[privileges.OWNER])
             if made_before is None:
                 conn.execute(
                     sql.SQL("CREATE DATABASE {} OWNER {}").format(

@@ -149,16 +149,14 @@ def migration_block() -> str:
 def provision(conn: psycopg.Connection[Any], passwords: dict[str, str], database: str) -> None:
     """As the database owner: the stack roles, memberships, database grants and the login
     roles' passwords -- what Pulumi does on Neon, what ``local up`` does here."""
-    from psycopg import sql
+    from ptool_ops import pg
 
     for statement in (*stack_statements(), *database_grant_statements(database)):
         conn.execute(statement)
     for name, password in passwords.items():
         if name == current_user(conn):
             continue  # the owner's own password is the platform's (set by local up)
-        conn.execute(
-            sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(name), sql.Literal(password))
-        )
+        pg.set_password(conn, name, password)
 
 
 def block_of(text: str) -> str | None:

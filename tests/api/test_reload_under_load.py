@@ -5,8 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from psycopg import sql
-
+from ptool_ops import pg
 from ptool_ops.booking import load
 
 from .conftest import Standin
@@ -19,9 +18,7 @@ def rotate(standin: Standin, role: str) -> None:
     """What a rotation does: new password on the role, secrets file updated, then SIGHUP."""
     password = secrets.token_urlsafe(24)
     with standin.db.connect() as conn:
-        conn.execute(
-            sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
-        )
+        pg.set_password(conn, role, password)
     doc = standin.secrets_doc()
     doc["passwords"][role] = password
     doc["app_role"] = role
