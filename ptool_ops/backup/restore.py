@@ -556,6 +556,8 @@ def restore(
             f"{keep_as} RENAME TO ...). If the API is still in maintenance mode: "
             "ptool-ops api maintenance off",
         )
+    if in_place:
+        swap.check_maintenance(env)
     wait_s = env.settings.migrate_lock_wait_s if lock_wait_s is None else lock_wait_s
     clock = time.monotonic()
 
@@ -573,8 +575,7 @@ def restore(
         {"backup_id": manifest.id, "target": result.target_database, "in_place": in_place},
         done=done,
     ) as record:
-        # in place, the lock lives on 'postgres': the current database's sessions all end
-        with swap.target_lock(url, target, dbname="postgres" if in_place else None):
+        with swap.target_lock(url, target, in_place_of=current if in_place else None):
             note = swap.clear_leftover(url, target, manifest.id)
             if note:
                 result.notes.append(note)

@@ -73,39 +73,52 @@ def _lock_key(target: str) -> int:
 
 
 @contextmanager
-def target_lock(url: SecretStr, target: str, *, dbname: str | None = None) -> Iterator[None]:
-    """Hold the restore lock of ``target`` (one restore into a name at a time) for the
-    block, on its own session; a killed restore's session ends, and its lock with it."""
-    conn = pg.connect(url, dbname=dbname)
+def target_lock(url: SecretStr, target: str, *, in_place_of: str | None = None) -> Iterator[None]:
+    """Hold the restore locks for the block, on one session of their own: ``target``'s
+    (one restore into a name at a time) and, in place, the database ``in_place_of``'s (one
+    in-place restore of a database at a time, whichever backup -- both then on
+    ``postgres``, since the swap ends every session of that database). A killed restore's
+    session ends, and its locks with it."""
+    wanted = [(f"restore into {target}", _lock_key(target))]
+    if in_place_of:
+        wanted.insert(
+            0, (f"restore in place of {in_place_of}", _lock_key(f"in-place:{in_place_of}"))
+        )
+    conn = pg.connect(url, dbname="postgres" if in_place_of else None)
     try:
         conn.execute(
             "SELECT set_config('application_name', %s, false)",
-            (f"ptool-ops backup restore into {target}"[:63],),
+            (f"ptool-ops backup {wanted[0][0]}"[:63],),
         )
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(target),)).fetchone()
-        if not (row and row[0]):
-            holder = conn.execute(
-                "SELECT a.pid, a.usename, a.client_addr::text, a.backend_start"
-                " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                " WHERE l.locktype = 'advisory' AND l.granted"
-                " AND l.database = (SELECT oid FROM pg_database WHERE datname ="
-                " current_database()) AND ((l.classid::bigint << 32) | l.objid::bigint) = %s",
-                (_lock_key(target) & 0xFFFF_FFFF_FFFF_FFFF,),
-            ).fetchone()
-            who = (
-                f"pid {holder[0]} (user {holder[1]}, from {holder[2] or 'a local socket'}, "
-                f"since {holder[3]:%Y-%m-%d %H:%M:%S})"
-                if holder
-                else "a session that just let go"
-            )
-            raise Conflict(
-                f"another restore into {target} is running: {who}.",
-                hint="Wait for it to finish; if it is stuck, end it with "
-                "SELECT pg_terminate_backend(<pid>) and run the restore again.",
-            )
+        for what, key in wanted:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            if not (row and row[0]):
+                raise Conflict(
+                    f"another {what} is running: {_lock_holder(conn, key)}.",
+                    hint="Wait for it to finish; if it is stuck, end it with "
+                    "SELECT pg_terminate_backend(<pid>) and run the restore again.",
+                )
         yield
     finally:
         conn.close()
+
+
+def _lock_holder(conn: psycopg.Connection[Any], key: int) -> str:
+    unsigned = key & 0xFFFF_FFFF_FFFF_FFFF  # a bigint key is held as two oids
+    holder = conn.execute(
+        "SELECT a.pid, a.usename, a.client_addr::text, a.backend_start"
+        " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE l.locktype = 'advisory' AND l.granted"
+        " AND l.database = (SELECT oid FROM pg_database WHERE datname ="
+        " current_database()) AND l.classid = %s AND l.objid = %s AND l.objsubid = 1",
+        (unsigned >> 32, unsigned & 0xFFFF_FFFF),
+    ).fetchone()
+    if holder is None:
+        return "a session that just let go"
+    return (
+        f"pid {holder[0]} (user {holder[1]}, from {holder[2] or 'a local socket'}, "
+        f"since {holder[3]:%Y-%m-%d %H:%M:%S})"
+    )
 
 
 def comment_of(conn: psycopg.Connection[Any], name: str) -> tuple[bool, str | None]:
@@ -236,6 +249,20 @@ def carry_over(url: SecretStr, current: str, restored: str) -> list[str]:
 
 
 # --- the swap -----------------------------------------------------------------------------
+
+
+def check_maintenance(env: Environment) -> None:
+    """Before an in-place restore's long work, ask the API's maintenance switch what the
+    swap will ask it: a missing ops token or an API that answers wrongly fails now, with
+    nothing done, not after the restore. An API that cannot be reached is let be (the swap
+    tries again, and goes ahead with a note if it still cannot)."""
+    if not env.has_api:
+        return
+    try:
+        with env.api() as api:
+            api.maintenance_state()
+    except ServiceUnavailable:
+        return
 
 
 @contextmanager

@@ -10,7 +10,9 @@ from typing import Any
 
 import httpx
 import psycopg
+from pydantic import SecretStr
 
+from ptool_ops.backup import swap
 from ptool_ops.backup.swap import INCOMPLETE
 from ptool_ops.booking.seed import seed
 from ptool_ops.migrate.run_lock import run_lock
@@ -227,3 +229,34 @@ def test_an_audit_record_that_cannot_be_written_after_a_restore(file_env: Env) -
     assert target in _databases(file_env)
     with psycopg.connect(admin_url(file_env.db.server, target), autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM booking.bookings").fetchone() == (1500,)
+
+
+def test_one_in_place_restore_of_a_database_at_a_time(file_env: Env) -> None:
+    first, second = _create(file_env), _create(file_env)
+    with file_env.db.connect() as conn:
+        before = table_checksums(conn)
+    databases = _databases(file_env)
+    # the first backup's in-place restore is running (its locks, held as it holds them)
+    target = f"{file_env.db.name}_restoring_{first.lower().replace('-', '_')}"
+    with swap.target_lock(SecretStr(file_env.db.url(OWNER)), target, in_place_of=file_env.db.name):
+        refused = file_env.run(f"backup restore {second} --in-place")
+    assert refused.exit_code == 6, refused.output
+    assert f"another restore in place of {file_env.db.name} is running: pid" in refused.stderr
+    assert _databases(file_env) == databases
+    with file_env.db.connect() as conn:
+        assert table_checksums(conn) == before
+
+
+def test_an_api_without_an_ops_token_fails_before_the_restore(
+    file_env: Env, standin: Standin
+) -> None:
+    file_env.configure(api_url=standin.url)  # and no api_token: maintenance cannot be switched
+    file_env.cli.env.pop("PTOOL_API_TOKEN", None)
+    backup_id = _create(file_env)
+    databases = _databases(file_env)
+    result = file_env.run(f"backup restore {backup_id} --in-place")
+    assert result.exit_code == 3, result.output
+    assert f"no ops token for {standin.url}" in result.stderr
+    assert "Traceback" not in result.output
+    assert _databases(file_env) == databases  # nothing restored, nothing to drop
+    assert standin.client().maintenance_state()["enabled"] is False
