@@ -84,6 +84,8 @@ class Environment:
         self.audit_sink = AuditSink(settings.audit_dir, settings.name)
         #: the database roles this environment handed logins for (names, for messages)
         self.login_users: list[str] = []
+        #: secret references resolved so far: one fetch per reference per command
+        self._resolved: dict[str, SecretStr] = {}
 
     # --- facts ---------------------------------------------------------------------------
 
@@ -115,11 +117,14 @@ class Environment:
     # --- secrets -------------------------------------------------------------------------
 
     def _secret(self, value: SecretStr | None, ref: str | None, key: str) -> SecretStr | None:
-        """A secret setting: its value, or what its reference points at (resolved here)."""
+        """A secret setting: its value, or what its reference points at (resolved here,
+        once per reference for the Environment's life -- a command's)."""
         if value is not None:
             return value
         if ref is None:
             return None
+        if ref in self._resolved:
+            return self._resolved[ref]
         from ptool_ops.secrets.refs import parse_ref, resolve
 
         try:
@@ -137,6 +142,7 @@ class Environment:
 
         for password in url_passwords(raw):
             self._on_secret(password)
+        self._resolved[ref] = resolved
         return resolved
 
     # --- the database --------------------------------------------------------------------

@@ -194,3 +194,26 @@ def test_redactor_masks_urls_conninfo_and_known_values() -> None:
     assert "other-secret" not in masked
     assert "postgresql://user:***@host/db" in masked
     assert redactor.data({"a": [f"x {CANARY}"]}) == {"a": ["x ***"]}
+
+
+def test_a_secret_reference_is_fetched_once_per_command(
+    tmp_path: Path, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = boto3.client("secretsmanager", endpoint_url=aws_env, region_name="us-east-1")
+    client.create_secret(
+        Name="prod/booking/once",
+        SecretString="postgresql://booking_owner:pw-once-1234@db.example:5432/booking",
+    )
+    write(
+        tmp_path,
+        "[environments.prod]\n"
+        f'database_secret = "aws-sm:prod/booking/once"\naws_endpoint_url = "{aws_env}"\n',
+    )
+    env = Environment(load_environment("prod"))
+    first = env.database("backup.create").url.get_secret_value()
+    # gone from Secrets Manager now: the command that resolved it keeps what it read
+    client.delete_secret(SecretId="prod/booking/once", ForceDeleteWithoutRecovery=True)
+    for duty in ("backup.create", "migrate.run", "status"):
+        assert env.database(duty).url.get_secret_value() == first
+    with pytest.raises(ConfigError, match="does not exist in Secrets Manager"):
+        Environment(load_environment("prod")).database("backup.create")  # the next command
