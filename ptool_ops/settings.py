@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ptool_ops.errors import ConfigError
+from ptool_ops.privileges.model import BACKUP, MIGRATOR, OWNER
 
 ENV_PREFIX = "PTOOL_"
 CONFIG_FILE = "ptool-ops.toml"
@@ -43,19 +44,19 @@ class EnvironmentSettings(BaseSettings):
     database_url: SecretStr | None = Field(
         default=None,
         description="postgresql:// URL of the operator's login (on Neon: the database owner,"
-        " booking_owner); every command uses it unless its role has a URL of its own.",
+        f" {OWNER}); every command uses it unless its role has a URL of its own.",
     )
     database_secret: str | None = Field(
         default=None, description="Secret reference for database_url (env:, file:, aws-sm:)."
     )
     migrator_url: SecretStr | None = Field(
-        default=None, description="postgresql:// URL of booking_migrator, for migrate commands."
+        default=None, description=f"postgresql:// URL of {MIGRATOR}, for migrate commands."
     )
     migrator_secret: str | None = Field(
         default=None, description="Secret reference for migrator_url (env:, file:, aws-sm:)."
     )
     backup_url: SecretStr | None = Field(
-        default=None, description="postgresql:// URL of booking_backup, for backup create."
+        default=None, description=f"postgresql:// URL of {BACKUP}, for backup create."
     )
     backup_secret: str | None = Field(
         default=None, description="Secret reference for backup_url (env:, file:, aws-sm:)."

@@ -19,7 +19,7 @@ from ptool_ops.booking import MIGRATIONS_DIR
 from ptool_ops.booking.seed import seed
 from ptool_ops.local.env import LocalEnvironment
 from tests.api.conftest import Standin, standin  # noqa: F401 - the stand-in API fixture
-from tests.conftest import MIGRATOR, OWNER, Cli, admin_url, drop_database
+from tests.conftest import BACKUP, MIGRATOR, OWNER, Cli, admin_url, drop_database
 from tests.migrate.runner_support import add_migration
 
 ADD_NOTE = "ALTER TABLE booking.tenants ADD COLUMN note text;\n"
@@ -27,7 +27,13 @@ DROP_NOTE = "ALTER TABLE booking.tenants DROP COLUMN note;\n"
 
 
 def _configure(
-    cli: Cli, api: Standin, tmp_path: Path, *, operator: str, migrator: str | None
+    cli: Cli,
+    api: Standin,
+    tmp_path: Path,
+    *,
+    operator: str,
+    migrator: str | None,
+    backup: str | None = None,
 ) -> Path:
     directory = tmp_path / "migrations"
     if not directory.exists():
@@ -45,6 +51,8 @@ def _configure(
     ]
     if migrator:
         lines.append(f'migrator_url = "{db.url(migrator)}"')
+    if backup:
+        lines.append(f'backup_url = "{db.url(backup)}"')
     cli.write_config("\n".join(lines) + "\n")
     cli.env["PTOOL_API_TOKEN"] = api.ops_token
     return directory
@@ -67,7 +75,9 @@ def seeded(standin: Standin) -> Iterator[Standin]:  # noqa: F811 - the imported 
 def test_every_command_works_with_the_deployed_roles(
     cli: Cli, seeded: Standin, tmp_path: Path
 ) -> None:
-    _configure(cli, seeded, tmp_path, operator=OWNER, migrator=MIGRATOR)
+    _configure(cli, seeded, tmp_path, operator=OWNER, migrator=MIGRATOR, backup=BACKUP)
+    log = seeded.db.server.paths.log
+    offset = log.stat().st_size
 
     def ok(command: str) -> Any:
         result = cli(f"--env ops {command} -o json")
@@ -95,9 +105,19 @@ def test_every_command_works_with_the_deployed_roles(
     assert ok("--yes backup prune --keep-last 1")["kept"]
     assert ok("api smoke")["ok"] is True
 
+    # the backup point and the backups were dumped by the backup role (the stacks' backup
+    # URL), as nightly runs them; nothing else logged in as it
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        logins = [
+            line
+            for line in handle.read().decode(errors="replace").splitlines()
+            if "connection authorized: user=booking_backup " in line
+        ]
+    assert logins and all(f"database={seeded.db.name} " in line for line in logins)
+
     with seeded.db.connect() as conn:
-        # the migrator applied 0006 and owns what it made; the backup point was taken by
-        # the operator's login (no backup_url configured)
+        # the migrator applied 0006 and owns what it made
         row = conn.execute(
             "SELECT applied_by FROM ptool_ops.migration_history WHERE version = '0006'"
         ).fetchone()

@@ -42,6 +42,8 @@ from psycopg import errors, sql
 from psycopg.abc import Params
 from psycopg.pq import TransactionStatus
 
+from ptool_ops import privileges
+
 __all__ = [
     "CHECKS",
     "CheckResult",
@@ -552,7 +554,7 @@ def _require_full_visibility(conn: Conn, present: set[str] | None) -> None:
         raise InvariantsUnavailable(
             f"Role {who} is subject to row-level security on {rows[0][0]}, so the "
             "invariants would not see every row; run them as the schema owner, a "
-            "superuser or a BYPASSRLS role (e.g. booking_backup)."
+            f"superuser or a BYPASSRLS role (e.g. {privileges.BACKUP})."
         )
 
 

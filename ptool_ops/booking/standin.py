@@ -43,6 +43,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ptool_ops import privileges
+
 log = logging.getLogger("ptool_ops.standin")
 
 TENANT_TOKEN_TTL = timedelta(hours=1)
@@ -69,7 +71,7 @@ class Credentials:
     @classmethod
     def load(cls, path: Path) -> Credentials:
         doc = json.loads(path.read_text())
-        role = str(doc.get("app_role") or "booking_app_a")
+        role = str(doc.get("app_role") or privileges.APP_LOGINS[0])
         return cls(role, str(doc["passwords"][role]), str(doc["api_token"]))
 
     def signing_key(self) -> bytes:

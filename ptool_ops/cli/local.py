@@ -6,7 +6,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from ptool_ops import privileges
 from ptool_ops.cli import context
+from ptool_ops.local.cluster import SUPERUSER
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -65,7 +67,9 @@ def up(
             f"  database {result.database}, schema version {result.schema_version} "
             f"(applied: {applied})"
         )
-        out.print(f"  connect: PGPASSFILE={env.paths.pgpass} psql '{result.urls['booking_owner']}'")
+        out.print(
+            f"  connect: PGPASSFILE={env.paths.pgpass} psql '{result.urls[privileges.OWNER]}'"
+        )
         if result.api_url:
             verb = "started" if result.api_started else "already running"
             out.print(f"[green]✓[/green] local booking API {verb} at {result.api_url}")
@@ -138,10 +142,10 @@ def reset(ctx: typer.Context) -> None:
 def url(
     ctx: typer.Context,
     role: str = typer.Argument(
-        "booking_owner",
-        help="Role to connect as: booking_owner (the operator), booking_migrator,"
-        " booking_backup, booking_readonly, booking_app_a/_b; postgres is the server's"
-        " superuser, for server set-up only.",
+        privileges.OWNER,
+        help=f"Role to connect as: {privileges.OWNER} (the operator), {privileges.MIGRATOR},"
+        f" {privileges.BACKUP}, {privileges.READONLY}, {'/'.join(privileges.APP_LOGINS)};"
+        f" {SUPERUSER} is the server's superuser, for server set-up only.",
     ),
 ) -> None:
     """Print a connection URL for a role (passwords live in the pgpass file, not the URL)."""
@@ -157,7 +161,7 @@ def url(
 
     def render(out: Console) -> None:
         out.print(urls[role])
-        if role != "postgres":
+        if role != SUPERUSER:
             out.print(f"[dim]password: PGPASSFILE={facts.paths.pgpass}[/dim]")
         else:
             out.print("[dim]the superuser: server set-up only (local up/down/reset)[/dim]")
@@ -173,7 +177,6 @@ def seed(
     rng_seed: int = typer.Option(42, "--seed", help="Random seed (same seed, same data)."),
 ) -> None:
     """Add realistic, invariant-respecting data fast (COPY)."""
-    from ptool_ops import privileges
     from ptool_ops.booking.seed import seed as run_seed
 
     app_ctx = context.get(ctx)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ptool_ops.errors import PermissionDenied
-from ptool_ops.privileges.model import BACKUP, DATA_SCHEMAS, MIGRATOR, OPERATOR, SCHEMA_OWNER
+from ptool_ops.privileges.model import (
+    BACKUP,
+    DATA_SCHEMAS,
+    MIGRATOR,
+    OPERATOR,
+    SCHEMA_OWNER,
+    is_plain,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -286,7 +292,7 @@ def current_user(conn: psycopg.Connection[Any]) -> str:
 
 def _ident(name: str) -> str:
     """A role or database name as SQL: plain when it can be, else quoted."""
-    if re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+    if is_plain(name):
         return name
     from psycopg import sql
 

@@ -153,9 +153,14 @@ DATABASE_GRANTS: tuple[DatabaseGrant, ...] = (
 )
 
 
+def is_plain(name: str) -> bool:
+    """Whether ``name`` reads the same in SQL unquoted (lower case, no special signs)."""
+    return re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name) is not None
+
+
 def plain(name: str) -> str:
     """The model's names go into generated SQL unquoted: they must be plain identifiers."""
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", name):
+    if not is_plain(name):
         raise ValueError(f"{name!r} is not a plain lower-case SQL identifier")
     return name
 
