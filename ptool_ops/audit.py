@@ -14,6 +14,17 @@ Usage in library code (the environment holds the sink: ``env.audit(...)`` is the
 
 The record is written when the block ends, with ``outcome`` ``ok`` or ``failed`` (and the
 error's one-sentence message), so a failure is recorded as faithfully as a success.
+
+A command records its work with :func:`audited`, which also says what happens when the
+record cannot be written (a full disk, a read-only audit directory)::
+
+    with audit.audited(env, "migrate.up", {...}, done=lambda: "migrate up applied 0006"):
+        ...
+
+After the work succeeded, the work is done and must not be reported as failed -- but CI
+must learn that the record is missing: :class:`AuditNotRecorded` (exit 9) says both, with
+``done()``, the state the work left. If the work failed and its record could not be
+written either, the work's own error is raised, with a note.
 """
 
 from __future__ import annotations
@@ -23,14 +34,14 @@ import getpass
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ptool_ops.errors import ProblemsFound, PtoolError
+from ptool_ops.errors import ManualActionRequired, ProblemsFound, PtoolError
 
 GENESIS = "0" * 64
 
@@ -114,6 +125,55 @@ def record(sink: AuditSink, action: str, details: dict[str, Any] | None = None) 
         append(sink.path, action, "failed", entry.details, sink.environment)
         raise
     append(sink.path, action, "ok", entry.details, sink.environment)
+
+
+class AuditNotRecorded(ManualActionRequired):
+    """The operation succeeded; its audit record could not be written."""
+
+    kind = "audit_not_recorded"
+
+
+class Audits(Protocol):
+    """What :func:`audited` needs of the environment: where its records go."""
+
+    @property
+    def audit_sink(self) -> AuditSink: ...
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or type(err).__name__
+
+
+@contextmanager
+def audited(
+    env: Audits, action: str, details: dict[str, Any], *, done: Callable[[], str]
+) -> Iterator[Entry]:
+    """:func:`record` ``action`` in the environment's trail; ``done()`` describes what
+    succeeded (one clause), for the error when the record cannot be written after it."""
+    sink = env.audit_sink
+    succeeded = False
+    try:
+        with record(sink, action, details) as entry:
+            yield entry
+            succeeded = True
+    except OSError as err:
+        if succeeded:
+            raise AuditNotRecorded(
+                f"{done()}, but its audit record could not be written to {sink.path}"
+                f" ({_reason(err)}).",
+                hint=f"The operation itself succeeded. Fix the audit directory and record "
+                f"'{action}' by hand; 'ptool-ops audit verify' checks the chain.",
+            ) from None
+        original = err.__context__
+        if isinstance(original, PtoolError):
+            # the work's own error (its class, exit code, hint and details), with a note
+            original.message = (
+                f"{original.message.rstrip('.')} (and its audit record could not be written "
+                f"to {sink.path}: {_reason(err)})."
+            )
+            original.args = (original.message,)
+            raise original from None
+        raise
 
 
 def read(path: Path) -> list[dict[str, Any]]:

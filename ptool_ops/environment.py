@@ -263,12 +263,16 @@ class Environment:
             f"{self.name}] of ptool-ops.toml, or PTOOL_API_URL and PTOOL_API_TOKEN.",
         )
 
-    def api(self) -> BookingApi:
-        """A client of the environment's booking API (use it as a context manager)."""
+    def api(self, *, ops_token: bool = True) -> BookingApi:
+        """A client of the environment's booking API (use it as a context manager).
+        ``ops_token=False``: without the ops token, for what needs none (``/health/*``,
+        openapi.yaml), so a token secret that is missing or cannot be fetched has no say."""
         from ptool_ops.booking.api import BookingApi
 
-        url, token = self.api_endpoint()
-        return BookingApi(url, token)
+        if not ops_token and self.settings.api_url is not None:
+            return BookingApi(self.settings.api_url)
+        url, token = self.api_endpoint()  # the local stand-in's token is no secret to fetch
+        return BookingApi(url, token if ops_token else None)
 
     # --- platforms -----------------------------------------------------------------------
 

@@ -54,3 +54,39 @@ def test_an_edited_record_breaks_the_chain(cli: Cli) -> None:
     assert "line 2" in result.stderr
     shown = cli("audit show -o json").json()
     assert len(shown) == 3
+
+
+def test_audited_when_the_record_cannot_be_written(tmp_path: Path) -> None:
+    """After success: AuditNotRecorded (exit 9) saying what succeeded. After a failure: the
+    work's own error -- its class, exit code, hint and details -- with a note."""
+    from ptool_ops.booking.api import ApiError
+
+    sink = audit.AuditSink(tmp_path, "t")
+    sink.path.mkdir()  # appending to it fails
+
+    class Env:
+        audit_sink = sink
+
+    with (
+        pytest.raises(audit.AuditNotRecorded) as done,
+        audit.audited(Env(), "api.maintenance.on", {}, done=lambda: "it was switched on"),
+    ):
+        pass
+    assert done.value.exit_code == 9
+    assert done.value.message == (
+        f"it was switched on, but its audit record could not be written to {sink.path}"
+        " (Is a directory)."
+    )
+    failure = ApiError("PUT x answered 401.", 401, hint="Check the token.")
+    failure.details["status"] = 401
+    with (
+        pytest.raises(ApiError) as failed,
+        audit.audited(Env(), "api.maintenance.on", {}, done=lambda: "never"),
+    ):
+        raise failure
+    assert failed.value is failure and failed.value.exit_code == 5
+    assert failed.value.message == (
+        f"PUT x answered 401 (and its audit record could not be written to {sink.path}:"
+        " Is a directory)."
+    )
+    assert failed.value.hint == "Check the token." and failed.value.details == {"status": 401}

@@ -3,7 +3,9 @@ its checks name the role, the privilege and the grant."""
 
 from __future__ import annotations
 
+import ast
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -51,9 +53,37 @@ def test_every_duty_names_known_needs_and_roles() -> None:
         assert set(duty.needs) <= set(privileges.NEEDS)
 
 
-def test_only_the_model_writes_the_sql_names() -> None:
+def test_the_model_takes_only_plain_sql_names() -> None:
     with pytest.raises(ValueError, match="plain lower-case SQL identifier"):
         privileges.plain("booking; DROP TABLE x")
+
+
+def _code_strings(path: Path) -> Iterator[ast.Constant]:
+    """The string literals of a module's code (docstrings, which explain, left out)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    prose = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+            yield node
+
+
+def test_only_the_model_spells_the_role_names() -> None:
+    """A role's name is written once, in ptool_ops/privileges: code, messages and help
+    take it from there, so renaming a role is one change."""
+    names = {r.name for r in (*privileges.PLATFORM_ROLES, *privileges.STACK_ROLES)}
+    spelled = re.compile(r"\b(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b")
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {match.group(0)}"
+        for path in sorted((ROOT / "ptool_ops").rglob("*.py"))
+        if "privileges" not in path.parts
+        for node in _code_strings(path)
+        if (match := spelled.search(node.value))
+    ]
+    assert found == [], "use the names of ptool_ops.privileges instead"
 
 
 @pytest.mark.parametrize(

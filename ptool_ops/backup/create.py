@@ -37,8 +37,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ptool_ops import pg, privileges
+from ptool_ops.audit import audited
 from ptool_ops.backup import tools
-from ptool_ops.backup.audited import audited
 from ptool_ops.backup.listing import new_id
 from ptool_ops.backup.models import (
     BackupManifest,

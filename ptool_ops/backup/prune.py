@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from ptool_ops.backup.audited import audited
+from ptool_ops.audit import audited
 from ptool_ops.backup.listing import (
     Found,
     Unreadable,

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from ptool_ops import pg, privileges
+from ptool_ops.audit import audited
 from ptool_ops.backup import restore_plan, swap, tools
-from ptool_ops.backup.audited import audited
 from ptool_ops.backup.listing import must_exist, resolve
 from ptool_ops.backup.models import BackupManifest, RestoreResult, Step, TableInfo
 from ptool_ops.errors import (

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from ptool_ops import privileges
+from ptool_ops.audit import audited
 from ptool_ops.backup import swap
-from ptool_ops.backup.audited import audited
 from ptool_ops.backup.listing import must_exist, resolve
 from ptool_ops.backup.models import ObjectCheck, VerifyResult, verified_key
 from ptool_ops.backup.restore import (

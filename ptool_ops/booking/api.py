@@ -225,9 +225,18 @@ class BookingApi:
         return body
 
     def ready(self) -> Readiness:
+        """Readiness (needs no token). A 503 without the contract's JSON -- a proxy's error
+        page while the API is down -- is not ready; a 200 without it is
+        :class:`OperationFailed`, as any answer that breaks the contract."""
         response = self._request("GET", "/health/ready", expect=(200, 503))
-        body = response.json()
-        checks = body.get("checks", {})
+        try:
+            body = self._body("GET", "/health/ready", response, "status")
+        except OperationFailed:
+            if response.status_code == 200:
+                raise
+            return Readiness(False, "it answered 503 without a readiness document", None, None)
+        checks = body.get("checks")
+        checks = checks if isinstance(checks, dict) else {}
         return Readiness(
             ready=response.status_code == 200 and body.get("status") == "ready",
             reason=body.get("reason"),
@@ -236,18 +245,20 @@ class BookingApi:
         )
 
     def wait_ready(self, timeout: float, *, interval: float = 0.5) -> Readiness:
-        """Poll readiness until it holds or ``timeout`` passes (then raise, with the reason)."""
+        """Poll readiness until it holds or ``timeout`` passes (then raise, with the reason:
+        the last answer's, or why there was none)."""
         deadline = time.monotonic() + timeout
         last: Readiness | None = None
+        failure = "the API did not answer"
         while True:
             try:
                 last = self.ready()
                 if last.ready:
                     return last
-            except ServiceUnavailable:
-                last = None
+            except (ServiceUnavailable, OperationFailed) as err:
+                last, failure = None, err.message.rstrip(".")
             if time.monotonic() >= deadline:
-                reason = last.reason if last else "the API did not answer"
+                reason = (last.reason or "not ready") if last else failure
                 raise ServiceUnavailable(
                     f"{self.base_url} was not ready within {timeout:g} s: {reason}.",
                     hint="Check the API's logs and its database credentials.",

@@ -63,7 +63,7 @@ def ready(
     from ptool_ops.errors import ProblemsFound
 
     app_ctx = context.get(ctx)
-    with app_ctx.env.api() as api:
+    with app_ctx.env.api(ops_token=False) as api:  # /health/ready needs no token
         state = api.wait_ready(wait) if wait else api.ready()
     app_ctx.output.result(
         state,
@@ -83,6 +83,8 @@ def maintenance_on(
     reason: str = typer.Option(..., "--reason", help="Why writes are paused (shown to callers)."),
 ) -> None:
     """Pause writes (reads keep working) until 'maintenance off'."""
+    from ptool_ops.audit import audited
+
     app_ctx = context.get(ctx)
     env = app_ctx.env
     if app_ctx.dry_run:
@@ -90,7 +92,15 @@ def maintenance_on(
         return
     if env.protected:
         app_ctx.confirm(f"Pause all booking writes on {env.name}")
-    with env.audit("api.maintenance.on", {"reason": reason}), env.api() as api:
+    with (
+        audited(
+            env,
+            "api.maintenance.on",
+            {"reason": reason},
+            done=lambda: f"maintenance mode was switched on in {env.name!r}",
+        ),
+        env.api() as api,
+    ):
         state = api.set_maintenance(True, reason)
     app_ctx.output.result(
         state, lambda out: out.print("[yellow]maintenance on[/yellow]: writes paused")
@@ -100,12 +110,22 @@ def maintenance_on(
 @maintenance_app.command("off")
 def maintenance_off(ctx: typer.Context) -> None:
     """Resume writes."""
+    from ptool_ops.audit import audited
+
     app_ctx = context.get(ctx)
     env = app_ctx.env
     if app_ctx.dry_run:
         app_ctx.output.result({"dry_run": True, "maintenance": False}, None)
         return
-    with env.audit("api.maintenance.off"), env.api() as api:
+    with (
+        audited(
+            env,
+            "api.maintenance.off",
+            {},
+            done=lambda: f"maintenance mode was switched off in {env.name!r}",
+        ),
+        env.api() as api,
+    ):
         state = api.set_maintenance(False)
     app_ctx.output.result(state, lambda out: out.print("[green]maintenance off[/green]"))
 

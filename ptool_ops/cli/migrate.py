@@ -277,10 +277,10 @@ def _render_plan(out: Console, plan: Plan) -> None:
         out.print(f"[red]up would refuse:[/red] {escape(reason)}")
 
 
-def _show_plan(app_ctx: AppContext, runner: Runner) -> None:
+def _show_plan(app_ctx: AppContext, runner: Runner, *, to: str | None = None) -> None:
     from ptool_ops.errors import Refused
 
-    plan = runner.plan()
+    plan = runner.plan(to=to)
     app_ctx.output.result({"dry_run": True, **plan.to_dict()}, lambda out: _render_plan(out, plan))
     if plan.blocked:
         app_ctx.fail(Refused(f"migrate up would refuse: {plan.blocked[0]}."))
@@ -292,6 +292,13 @@ def plan(ctx: typer.Context, directory: Path | None = DIR_OPTION) -> None:
     backup point up would take; exit 7 when up would refuse."""
     app_ctx = context.get(ctx)
     _show_plan(app_ctx, _runner(app_ctx, directory))
+
+
+def _done(result: RunResult, env_name: str) -> str:
+    """What a run did, for the error when its audit record cannot be written (a clause)."""
+    verb = "applied" if result.direction == "up" else "reverted"
+    versions = ", ".join(m.version for m in result.migrations) or "nothing"
+    return f"migrate {result.direction} (run {result.run_id}) {verb} {versions} on {env_name!r}"
 
 
 def _render_run(out: Console, result: RunResult) -> None:
@@ -324,12 +331,14 @@ def up(
     no_backup_point: bool = NO_BACKUP,
 ) -> None:
     """Lint, take a backup point, apply pending migrations with verify + invariants, check
-    the API; roll back on any failure. --dry-run shows the plan."""
+    the API; roll back on any failure. --dry-run shows the plan (of --to too)."""
+    from ptool_ops.audit import audited
+
     app_ctx = context.get(ctx)
     env = app_ctx.env
     runner = _runner(app_ctx, directory, take_backup=not no_backup_point)
     if app_ctx.dry_run:
-        _show_plan(app_ctx, runner)
+        _show_plan(app_ctx, runner, to=to)
         return
     expect: list[str] | None = None
     if env.protected:
@@ -341,7 +350,12 @@ def up(
             )
             return
         app_ctx.confirm(f"Apply {', '.join(expect)} to {env.name!r}")
-    with env.audit("migrate.up", {"directory": str(runner.directory), "to": to}) as entry:
+    with audited(
+        env,
+        "migrate.up",
+        {"directory": str(runner.directory), "to": to},
+        done=lambda: _done(result, env.name),
+    ) as entry:
         # what was confirmed is what runs: the library refuses if the list changed meanwhile
         result = runner.up(to=to, expect=expect)
         entry.details.update(
@@ -368,6 +382,7 @@ def down(
     no_backup_point: bool = NO_BACKUP,
 ) -> None:
     """Revert the last applied migration(s) with their down scripts (after a backup point)."""
+    from ptool_ops.audit import audited
     from ptool_ops.errors import UsageError
 
     app_ctx = context.get(ctx)
@@ -389,8 +404,11 @@ def down(
     app_ctx.confirm(
         f"Revert {', '.join(targets)} on {env.name!r} (their down scripts may drop data)"
     )
-    with env.audit(
-        "migrate.down", {"directory": str(runner.directory), "steps": steps, "to": to}
+    with audited(
+        env,
+        "migrate.down",
+        {"directory": str(runner.directory), "steps": steps, "to": to},
+        done=lambda: _done(result, env.name),
     ) as entry:
         result = runner.down(steps=steps, to=to, expect=targets)
         entry.details.update(
@@ -472,6 +490,7 @@ def repair(
     directory: Path | None = DIR_OPTION,
 ) -> None:
     """Record an operator's decision on drift: --accept the files or --forget the row."""
+    from ptool_ops.audit import audited
     from ptool_ops.errors import ConfigError
 
     app_ctx = context.get(ctx)
@@ -488,8 +507,14 @@ def repair(
         return
     if env.protected:
         app_ctx.confirm(f"Record '{action.value}' for migration {version} on {env.name!r}")
-    with env.audit(
-        "migrate.repair", {"version": version, "action": action.value, "reason": reason}
+    with audited(
+        env,
+        "migrate.repair",
+        {"version": version, "action": action.value, "reason": reason},
+        done=lambda: (
+            f"the repair --{action.value} of migration {version} was recorded in the"
+            f" history of {env.name!r}"
+        ),
     ):
         result = runner.repair(version, action=action.value, reason=reason)
     app_ctx.output.result(

@@ -33,6 +33,7 @@ from psycopg import sql
 from ptool_ops.errors import ConfigError, ManualActionRequired, OperationFailed, PermissionDenied
 from ptool_ops.migrate import history
 from ptool_ops.migrate.files import MigrationError, MigrationFiles, run_verify
+from ptool_ops.privileges.model import SCHEMA_OWNER
 
 if TYPE_CHECKING:
     from ptool_ops.migrate.backup_point import BackupPoint
@@ -75,7 +76,7 @@ class RunOptions:
     lint: bool = True  # lint errors block up (migrate test reports them instead)
     actor: str = "ptool-ops"
     #: the role migrations run as (None: the login itself); see the module docstring
-    schema_owner: str | None = "booking_migrator"
+    schema_owner: str | None = SCHEMA_OWNER
 
 
 @dataclass
@@ -107,7 +108,7 @@ class SessionLost(Exception):
 
 
 _PRIVILEGE_HINT = (
-    "Migrations run as booking_migrator, the schema owner: use its URL (migrator_url), or"
+    f"Migrations run as {SCHEMA_OWNER}, the schema owner: use its URL (migrator_url), or"
     " grant the missing privilege; 'ptool-ops doctor' shows what each role can do."
 )
 
@@ -282,7 +283,7 @@ class Executor:
         except InvariantsUnavailable as err:
             raise ConfigError(
                 f"the booking invariants cannot be checked with this login: {err}",
-                hint="Run migrations as booking_migrator, the schema owner.",
+                hint=f"Run migrations as {SCHEMA_OWNER}, the schema owner.",
             ) from None
 
     def record(
@@ -501,9 +502,16 @@ class Executor:
         self, m: MigrationFiles, *, up: bool, run_id: str, point: BackupPoint | None
     ) -> history.HistoryRow | None:
         """Commit a ``running`` (``reverting``) history row before the first statement, so
-        a run killed half-way leaves a trace; returns the row before (None: there was none)."""
+        a run killed half-way leaves a trace; returns the row before (None: there was none).
+
+        The ``started`` event (the audit record) comes first: if it cannot be written, the
+        error leaves the history as it was -- no row claims a run that never started."""
         previous = history.read_history(self.conn).get(m.version)
         outcome = history.RUNNING if up else history.REVERTING
+        self._on_event(
+            "migrate.up" if up else "migrate.down",
+            {"version": m.version, "name": m.name, "run_id": run_id, "outcome": outcome},
+        )
         with self.conn.transaction():
             self.record(
                 m,
@@ -515,10 +523,6 @@ class Executor:
                 note=f"statements of the {'up' if up else 'down'} script running since run"
                 f" {run_id} started it; if this stays, the run was killed half-way",
             )
-        self._on_event(
-            "migrate.up" if up else "migrate.down",
-            {"version": m.version, "name": m.name, "run_id": run_id, "outcome": outcome},
-        )
         return previous
 
     def _recover(

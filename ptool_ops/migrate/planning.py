@@ -2,12 +2,14 @@
 
 Per pending migration: transactional or not, each statement with the locks it takes (from
 the parse tree, :mod:`ptool_ops.migrate.lock_analysis`), the lint findings, plus the backup
-point ``up`` would take and every reason ``up`` would refuse.
+point ``up`` would take and every reason ``up`` would refuse: drift, lint errors and the
+script problems of :func:`script_problems` (which ``up`` checks before its first statement).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptool_ops.migrate import history
@@ -18,7 +20,14 @@ if TYPE_CHECKING:
     from ptool_ops.migrate.files import MigrationFiles
     from ptool_ops.migrate.lint import LintReport
 
-__all__ = ["Plan", "PlannedMigration", "StatementInfo", "build_plan"]
+__all__ = [
+    "Plan",
+    "PlannedMigration",
+    "ScriptProblem",
+    "StatementInfo",
+    "build_plan",
+    "script_problems",
+]
 
 
 @dataclass
@@ -57,7 +66,7 @@ class Plan:
     status: history.StatusReport
     pending: list[PlannedMigration]
     backup: BackupPlan | None
-    blocked: list[str]  # why up would refuse (drift, lint errors)
+    blocked: list[str]  # why up would refuse (drift, lint errors, script problems)
     options: RunOptions
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +80,49 @@ class Plan:
             "statement_timeout_ms": self.options.statement_timeout_ms,
             "lock_retries": self.options.lock_retries,
         }
+
+
+@dataclass(frozen=True)
+class ScriptProblem:
+    """A script ``up`` or ``down`` would refuse to start with: ``text`` is ``file:line:
+    what`` (no full stop), ``hint`` the fix."""
+
+    text: str
+    hint: str
+
+
+def script_problems(scripts: list[Path]) -> list[ScriptProblem]:
+    """Each script that does not parse, or holds a statement that cannot run in a
+    transaction while the file runs in one (the first such statement per script)."""
+    from ptool_ops.migrate.lint import parse_directives
+    from ptool_ops.migrate.lock_analysis import SqlSyntaxError, plan_statements
+
+    problems = []
+    for path in scripts:
+        text = path.read_text(encoding="utf-8")
+        try:
+            plans = plan_statements(text, path=str(path))
+        except SqlSyntaxError as err:
+            problems.append(
+                ScriptProblem(
+                    f"{path.name}:{err.line}: {err.reason}",
+                    "Fix the SQL at that line ('ptool-ops migrate lint FILE' checks it).",
+                )
+            )
+            continue
+        if parse_directives(text).no_transaction:
+            continue
+        blocking = next((plan for plan in plans if plan.non_transactional), None)
+        if blocking is not None:
+            problems.append(
+                ScriptProblem(
+                    f"{path.name}:{blocking.statement.line}: {blocking.non_transactional},"
+                    " but the file runs in one transaction",
+                    "Mark the file '-- ptool: no-transaction' (its first line), or move the"
+                    " statement to a migration of its own that is.",
+                )
+            )
+    return problems
 
 
 def _statements(m: MigrationFiles) -> list[StatementInfo]:
@@ -106,18 +158,23 @@ def _statements(m: MigrationFiles) -> list[StatementInfo]:
 
 def build_plan(
     report: history.StatusReport,
+    pending: list[MigrationFiles],
     lint: LintReport,
+    problems: list[ScriptProblem],
     backup: BackupPlan | None,
     options: RunOptions,
 ) -> Plan:
+    """The plan of applying ``pending`` (what ``up`` would apply, ``--to`` considered):
+    ``lint`` and ``problems`` are theirs, the drift the whole history's (``up`` refuses
+    any)."""
     from ptool_ops.migrate.lint import parse_directives
 
-    pending = [s.migration for s in report.pending if s.migration is not None]
     blocked = [
         f"{s.label}: {s.state.value}" + (f" ({', '.join(s.drift)})" if s.drift else "")
         for s in report.problems
     ]
     blocked += [f"{f.file}:{f.line}: lint error {f.rule}" for f in lint.errors]
+    blocked += [problem.text for problem in problems]
     planned = [
         PlannedMigration(
             m.version,

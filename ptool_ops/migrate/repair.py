@@ -2,7 +2,8 @@
 migration.
 
 ``accept``: the files as they are now are what is applied (re-hash; a drifted one keeps when
-it was applied; an interrupted one -- its run killed half-way -- is applied as of now).
+it was applied; an interrupted one -- its run killed half-way -- is applied as of now), in
+the migration's own mode (``transactional`` false for a ``no-transaction`` up script).
 ``forget``: the migration is not applied (its row becomes ``forgotten``). Either way the
 decision and its reason are kept in the row's note.
 """
@@ -35,6 +36,8 @@ def record_decision(
     run_id: str,
 ) -> history.MigrationStatus:
     """Write the decision in one transaction; returns the migration's state after it."""
+    from ptool_ops.migrate.lint import parse_directives
+
     if action not in ACTIONS:
         raise ValueError(f"unknown repair action {action!r}")
     if not reason.strip():
@@ -57,13 +60,14 @@ def record_decision(
         if action == "accept":
             if s.migration is None:
                 raise ConfigError(f"migration {version} has no files to accept; use --forget.")
+            up = s.migration.up.read_text(encoding="utf-8")
             executor.record(
                 s.migration,
                 outcome="applied",
                 duration_ms=row.duration_ms or 0,
                 run_id=run_id,
                 point=None,
-                transactional=True,
+                transactional=not parse_directives(up).no_transaction,  # its own mode
                 note=note,
             )
             if row.outcome == "applied":  # drift accepted: it was applied back then

@@ -117,7 +117,8 @@ class Runner:
     skips it when nothing was ever applied (a fresh database has nothing to lose);
     ``api_ready`` returns None when the API is ready after a migration, else why not;
     ``on_event`` is told (action, details) when a no-transaction migration starts, before
-    its first statement (the audit trail's "started" record).
+    its history row and first statement (the audit trail's "started" record); a
+    :class:`PtoolError` it raises stops the run with nothing of that migration changed.
     """
 
     def __init__(
@@ -172,15 +173,24 @@ class Runner:
             findings=[f for f in report.findings if f.file in wanted],
         )
 
-    def plan(self) -> Plan:
-        from ptool_ops.migrate.planning import build_plan
+    def plan(self, *, to: str | None = None) -> Plan:
+        """What ``up(to=...)`` would do now, and every reason it would refuse (read only)."""
+        from ptool_ops.migrate.planning import build_plan, script_problems
 
+        to = self.resolve(to)
         refuse_pooler(self.url)
         with pg.connect(self.url) as conn:
             report = self._read(conn, "migrate.read")
-            pending = [s.migration for s in report.pending if s.migration is not None]
+            pending = self._to_apply(report, to)
             backup = self.backup.plan(conn) if pending and self.backup is not None else None
-        return build_plan(report, self.lint(pending), backup, self.options)
+        return build_plan(
+            report,
+            pending,
+            self.lint(pending),
+            script_problems(self._up_scripts(pending)),
+            backup,
+            self.options,
+        )
 
     # --- running -------------------------------------------------------------------------
 
@@ -271,31 +281,22 @@ class Runner:
             )
         return found[0]
 
-    def _precheck(self, scripts: list[Path]) -> None:
-        """Before the first statement: every script the run may execute parses, and no
-        statement that cannot run in a transaction stands in a transactional file."""
-        from ptool_ops.migrate.lint import parse_directives
-        from ptool_ops.migrate.lock_analysis import SqlSyntaxError, plan_statements
+    @staticmethod
+    def _up_scripts(pending: list[MigrationFiles]) -> list[Path]:
+        """The scripts ``up`` may execute: each pending up and its down (the way back)."""
+        return [p for m in pending for p in (m.up, m.down)]
 
-        for path in scripts:
-            text = path.read_text(encoding="utf-8")
-            try:
-                plans = plan_statements(text, path=str(path))
-            except SqlSyntaxError as err:
-                raise Refused(
-                    f"{path.name}:{err.line}: {err.reason}; nothing of this run was executed.",
-                    hint="Fix the SQL at that line ('ptool-ops migrate lint FILE' checks it).",
-                ) from None
-            if parse_directives(text).no_transaction:
-                continue
-            for plan in plans:
-                if plan.non_transactional:
-                    raise Refused(
-                        f"{path.name}:{plan.statement.line}: {plan.non_transactional}, but the"
-                        " file runs in one transaction; nothing of this run was executed.",
-                        hint="Mark the file '-- ptool: no-transaction' (its first line), or move"
-                        " the statement to a migration of its own that is.",
-                    )
+    @staticmethod
+    def _precheck(scripts: list[Path]) -> None:
+        """Before the first statement: every script the run may execute parses, and no
+        statement that cannot run in a transaction stands in a transactional file
+        (:func:`ptool_ops.migrate.planning.script_problems`)."""
+        from ptool_ops.migrate.planning import script_problems
+
+        problems = script_problems(scripts)
+        if problems:
+            first = problems[0]
+            raise Refused(f"{first.text}; nothing of this run was executed.", hint=first.hint)
 
     def _refuse_unexpected(
         self, direction: str, expect: list[str] | None, actual: list[str]
@@ -406,7 +407,7 @@ class Runner:
                     hint="Apply the suggested fix (ptool-ops migrate lint shows them all), or"
                     " allow the rule in the file with '-- ptool: allow RULE -- reason: ...'.",
                 )
-            self._precheck([p for m in pending for p in (m.up, m.down)])
+            self._precheck(self._up_scripts(pending))
             fresh = not any(s.row is not None for s in report.migrations)
             at: MigrationFiles | None = None
             try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ptool_ops.environment import Environment
-from ptool_ops.errors import ConfigError, Refused, ServiceUnavailable
+from ptool_ops.errors import OperationFailed, PtoolError, Refused, ServiceUnavailable
 from ptool_ops.migrate.execution import RunOptions
 from ptool_ops.migrate.runner import Runner
 
@@ -38,10 +38,10 @@ def api_readiness(
     """None when the environment's API is ready (or it has none), else the reason."""
 
     def check() -> str | None:
-        try:
-            api = env.api()
-        except ConfigError:
+        if not env.has_api:
             return None  # no API configured: nothing to wait for
+        try:
+            api = env.api(ops_token=False)
         except ServiceUnavailable as err:
             if env.is_local:
                 log(f"API readiness not checked: {err.message}")
@@ -50,7 +50,7 @@ def api_readiness(
         with api:
             try:
                 api.wait_ready(timeout_s)
-            except ServiceUnavailable as err:
+            except PtoolError as err:
                 return err.message.rstrip(".")
         return None
 
@@ -79,9 +79,20 @@ def runner_for(
     options = options_for(env, invariants=invariants)
 
     def started(action: str, details: dict[str, Any]) -> None:
+        """The audit record ``started``, before a no-transaction migration's history row and
+        first statement: if it cannot be written, nothing of the migration has run."""
         from ptool_ops import audit
 
-        audit.append(env.audit_sink.path, action, "started", details, env.name)
+        path = env.audit_sink.path
+        try:
+            audit.append(path, action, "started", details, env.name)
+        except OSError as err:
+            raise OperationFailed(
+                f"the audit record of starting {details['version']}_{details['name']}"
+                f" ({action}) could not be written to {path}"
+                f" ({err.strerror or type(err).__name__}); nothing of it was run.",
+                hint="Fix the audit directory (disk space, permissions) and run the command again.",
+            ) from None
 
     return Runner(
         env.database("migrate.run").url,

@@ -139,3 +139,40 @@ def test_api_ready_reports_a_broken_login(cli: Cli, standin: Standin) -> None:
     status = cli("--env staging status -o json")
     assert status.exit_code == 1
     assert any("not ready" in p for p in status.json()["problems"])
+
+
+def test_api_ready_needs_no_ops_token(cli: Cli, standin: Standin) -> None:
+    cli.write_config(
+        "[environments.staging]\n"
+        f'database_url = "{standin.db.url(OWNER)}"\n'
+        f'api_url = "{standin.url}"\n'
+        'api_token_secret = "env:PTOOL_TEST_NO_SUCH_TOKEN"\n'  # a secret that cannot be read
+    )
+    cli.env.pop("PTOOL_API_TOKEN", None)
+    cli.env.pop("PTOOL_TEST_NO_SUCH_TOKEN", None)
+    ready = cli("--env staging api ready -o json")
+    assert ready.exit_code == 0, ready.output
+    assert ready.json()["ready"] is True
+    needs_it = cli("--env staging api maintenance on --reason x")  # this one needs it
+    assert needs_it.exit_code == 3, needs_it.output
+    assert "PTOOL_TEST_NO_SUCH_TOKEN" in needs_it.stderr
+
+
+def test_maintenance_switched_but_not_recorded_is_exit_9(cli: Cli, standin: Standin) -> None:
+    _env_for(cli, standin)
+    audit = cli.cwd / ".ptool" / "audit" / "staging.jsonl"
+    audit.mkdir(parents=True)  # appending to it fails
+    on = cli("--env staging api maintenance on --reason 'migration 0007' -o json")
+    assert on.exit_code == 9, on.output
+    error = on.json()
+    assert error["error"] == "audit_not_recorded"
+    assert error["message"] == (
+        "maintenance mode was switched on in 'staging', but its audit record could not be"
+        f" written to {audit} (Is a directory)."
+    )
+    assert "Traceback" not in on.output
+    assert cli("--env staging api maintenance status -o json").json()["enabled"] is True
+    off = cli("--env staging api maintenance off")
+    assert off.exit_code == 9, off.output
+    assert "maintenance mode was switched off in 'staging', but" in off.stderr
+    assert cli("--env staging api maintenance status -o json").json()["enabled"] is False

@@ -11,7 +11,7 @@ import pytest
 from pydantic import SecretStr
 
 from ptool_ops.booking.api import ApiError, BookingApi
-from ptool_ops.errors import ManualActionRequired, ServiceUnavailable
+from ptool_ops.errors import ManualActionRequired, OperationFailed, ServiceUnavailable
 
 from .conftest import Standin
 
@@ -123,3 +123,48 @@ def test_wait_ready_times_out_with_the_reason(standin: Standin) -> None:
         api.wait_ready(2, interval=0.2)
     assert "was not ready within 2 s" in err.value.message
     assert "password authentication failed" in err.value.message
+
+
+class _NotJson(BaseHTTPRequestHandler):
+    """Answers readiness with an HTML page: 503 (a proxy with no API behind it), or 200."""
+
+    status = 503
+
+    def do_GET(self) -> None:
+        body = b"<html><body>Service Unavailable</body></html>"
+        self.send_response(self.status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("status", [503, 200])
+def test_readiness_answered_with_a_page_not_json(status: int) -> None:
+    handler = type("Handler", (_NotJson,), {"status": status})
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    try:
+        with BookingApi(url, attempts=1) as api:
+            if status == 503:  # not ready, with the reason: no ValueError
+                state = api.ready()
+                assert not state.ready
+                assert state.reason == "it answered 503 without a readiness document"
+                with pytest.raises(ServiceUnavailable) as err:
+                    api.wait_ready(0.3, interval=0.1)
+                assert err.value.message == (
+                    f"{url} was not ready within 0.3 s: it answered 503 without a readiness"
+                    " document."
+                )
+            else:  # "ready" without the contract's document: the contract is broken
+                with pytest.raises(OperationFailed, match="answered no JSON object"):
+                    api.ready()
+                with pytest.raises(ServiceUnavailable, match="answered no JSON object"):
+                    api.wait_ready(0.3, interval=0.1)
+    finally:
+        server.shutdown()
+        server.server_close()

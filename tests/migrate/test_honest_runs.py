@@ -24,6 +24,16 @@ def runner(db: TestDatabase, directory: Path) -> Runner:
     return Runner(db.url(MIGRATOR), directory=directory, options=FAST)
 
 
+def _transactional(db: TestDatabase, version: str) -> bool | None:
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT transactional FROM ptool_ops.migration_history WHERE version = %s",
+            (version,),
+        ).fetchone()
+    assert row is not None
+    return None if row[0] is None else bool(row[0])
+
+
 def test_to_names_a_known_version(booking_db: TestDatabase, tmp_path: Path) -> None:
     run = runner(booking_db, migrations_copy(tmp_path))
     with pytest.raises(UsageError, match=r"no migration '99'.*0001, 0002, 0003, 0004, 0005") as e:
@@ -125,6 +135,12 @@ def test_every_script_is_checked_before_the_first_statement(
     (directory / "0007_tenant_name_idx.down.sql").write_text("SELEC 1;\n")
     with pytest.raises(Refused, match=r"0007_tenant_name_idx.down.sql:1: .*nothing of this run"):
         run.up()
+    # the plan names what up refuses for, and only for what up(to=...) would run
+    assert run.plan().blocked == [
+        '0007_tenant_name_idx.down.sql:1: syntax error at or near "SELEC"'
+    ]
+    assert [p.version for p in run.plan(to="0006").pending] == ["0006"]
+    assert run.plan(to="0006").blocked == []
     with booking_db.connect() as conn:
         assert state(conn) == before
 
@@ -183,6 +199,7 @@ def test_an_interrupted_migration_is_refused_until_repaired(
         run.down()
     repaired = run.repair("0006", action="accept", reason="the column is there: it ran")
     assert repaired.state is MigrationState.applied
+    assert _transactional(booking_db, "0006") is False  # recorded as it runs: no-transaction
     assert run.up().migrations == []
     reverted = run.down()
     assert [m.outcome for m in reverted.migrations] == ["reverted"]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from tests.conftest import MIGRATOR, OWNER, Cli, TestDatabase
-from tests.migrate.runner_support import add_migration, invalid_indexes, migrations_copy
+from tests.migrate.runner_support import add_migration, invalid_indexes, migrations_copy, state
 
 ADD_NOTE = "ALTER TABLE booking.tenants ADD COLUMN note text;\n"
 DROP_NOTE = "ALTER TABLE booking.tenants DROP COLUMN note;\n"
+NO_TX = "-- ptool: no-transaction\n"
 
 
 def configure(cli: Cli, db: TestDatabase, directory: Path, tmp_path: Path) -> None:
@@ -181,3 +183,111 @@ def test_to_is_checked_and_all_reverts_everything(
     ]
     both = cli("migrate down -e t --all --to 3")
     assert both.exit_code == 2 and "exclude each other" in both.stderr
+
+
+def _unwritable_audit_log(cli: Cli) -> Path:
+    audit = cli.cwd / ".ptool" / "audit" / "t.jsonl"
+    audit.mkdir(parents=True)  # appending to it fails
+    return audit
+
+
+def test_an_audit_record_that_cannot_be_written_after_a_successful_run(
+    cli: Cli, booking_db: TestDatabase, tmp_path: Path
+) -> None:
+    directory = migrations_copy(tmp_path)
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
+    configure(cli, booking_db, directory, tmp_path)
+    audit = _unwritable_audit_log(cli)
+    not_written = f", but its audit record could not be written to {audit} (Is a directory)."
+
+    up = cli("migrate up -e t --no-backup-point -o json")
+    assert up.exit_code == 9, up.output
+    error = up.json()
+    assert error["error"] == "audit_not_recorded"
+    assert re.fullmatch(
+        r"migrate up \(run [0-9a-f]{12}\) applied 0006 on 't'" + re.escape(not_written),
+        error["message"],
+    ), error["message"]
+    assert "The operation itself succeeded" in error["hint"]
+    assert "Traceback" not in up.output
+    assert cli("migrate status -e t -o json").json()["counts"]["pending"] == 0  # it stays
+
+    down = cli("migrate down -e t --yes --no-backup-point")
+    assert down.exit_code == 9, down.output
+    first = next(line for line in down.stderr.splitlines() if line.startswith("error:"))
+    assert re.fullmatch(
+        r"error: migrate down \(run [0-9a-f]{12}\) reverted 0006 on 't'" + re.escape(not_written),
+        first,
+    ), down.stderr
+    assert "Traceback" not in down.output
+    assert cli("migrate status -e t -o json").json()["counts"]["pending"] == 1
+
+    repair = cli("migrate repair 0003 --accept --reason 'checked by hand' -e t -o json")
+    assert repair.exit_code == 9, repair.output
+    assert repair.json()["message"] == (
+        f"the repair --accept of migration 0003 was recorded in the history of 't'{not_written}"
+    )
+
+
+def test_an_unwritable_audit_log_stops_a_no_transaction_migration_before_it_starts(
+    cli: Cli, booking_db: TestDatabase, tmp_path: Path
+) -> None:
+    """Its ``started`` record comes before its ``running`` row: failing to write it leaves
+    nothing to repair."""
+    directory = migrations_copy(tmp_path)
+    add_migration(directory, "0006", "tenant_note", NO_TX + ADD_NOTE, NO_TX + DROP_NOTE)
+    configure(cli, booking_db, directory, tmp_path)
+    audit = _unwritable_audit_log(cli)
+    with booking_db.connect() as conn:
+        before = state(conn)
+    up = cli("migrate up -e t --no-backup-point -o json")
+    assert up.exit_code == 8, up.output
+    assert up.json()["message"].startswith(
+        f"the audit record of starting 0006_tenant_note (migrate.up) could not be written to"
+        f" {audit} (Is a directory); nothing of it was run"
+    )
+    assert "Traceback" not in up.output
+    with booking_db.connect() as conn:
+        assert state(conn) == before  # no 'running' row, no column
+    audit.rmdir()
+    status = cli("migrate status -e t -o json")
+    assert status.exit_code == 0, status.output  # pending, not interrupted
+    assert status.json()["counts"]["pending"] == 1
+    assert cli("migrate up -e t --no-backup-point").exit_code == 0
+
+
+def test_a_dry_run_plans_what_up_to_would_apply_and_what_it_would_refuse(
+    cli: Cli, booking_db: TestDatabase, tmp_path: Path
+) -> None:
+    directory = migrations_copy(tmp_path)
+    add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
+    add_migration(
+        directory,
+        "0007",
+        "tenant_name_idx",
+        "CREATE INDEX tenants_name_idx ON booking.tenants (name);\n",  # a lint error
+        "DROP INDEX booking.tenants_name_idx;\n",
+    )
+    configure(cli, booking_db, directory, tmp_path)
+    everything = cli("migrate up -e t --dry-run -o json")
+    assert everything.exit_code == 7
+    assert any("require-concurrent-index-creation" in b for b in everything.json()["blocked"])
+
+    to_0006 = cli("migrate up -e t --dry-run --to 6 -o json")
+    assert to_0006.exit_code == 0, to_0006.output
+    plan = to_0006.json()
+    assert [p["version"] for p in plan["pending"]] == ["0006"] and plan["blocked"] == []
+
+    # a down script up would refuse to start with (its way back) is a reason of the plan too
+    (directory / "0006_tenant_note.down.sql").write_text(
+        "DROP INDEX CONCURRENTLY booking.tenants_note_idx;\n"
+    )
+    refused = cli("migrate up -e t --dry-run --to 6 -o json")
+    assert refused.exit_code == 7
+    assert refused.json()["blocked"] == [
+        "0006_tenant_note.down.sql:1: DROP INDEX CONCURRENTLY cannot run inside a transaction"
+        " block, but the file runs in one transaction"
+    ]
+    real = cli("migrate up -e t --to 6 --no-backup-point")
+    assert real.exit_code == 7 and "0006_tenant_note.down.sql:1" in real.stderr
+    assert cli("migrate status -e t -o json").json()["counts"]["pending"] == 2
