@@ -16,8 +16,10 @@ The rules, in the order they are applied (docs/backup-repository.md, "Prune"):
    missing objects.
 4. A prefix without a manifest whose lease is alive is a backup being written: skipped,
    with its unfinished uploads. Otherwise it is an orphan once its newest object is older
-   than ``orphan_age``; its lease (if any) is deleted first, so a holder that was only
-   stalled finds out before it could write a manifest.
+   than ``orphan_age``. It is looked at again right before it goes: a manifest or a live
+   lease since spares it. Its lease (if any) is deleted first, and only while it still
+   carries the tag just read (a conditional delete), so a lease refreshed in between wins,
+   and a holder that was only stalled finds out before it could write a manifest.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ def _live_lease(repo: Repository, entry: Found, now: datetime) -> str | None:
     if holder is None or holder.dead_because(now) is not None:
         return None
     return holder.describe(now)
+
+
+def _named(partial: PartialUpload) -> str:
+    return f"{partial.key} ({partial.upload_id})"
 
 
 def _under(partial: PartialUpload, ids: Iterable[str]) -> bool:
@@ -204,7 +210,7 @@ def _plan(
         kept=[d for d in decisions if d.keep],
         deleted=[d for d in decisions if not d.keep],
         orphans=sorted(orphans),
-        partial_uploads=[f"{p.key} ({p.upload_id})" for p in partials],
+        partial_uploads=[_named(p) for p in partials],
         running=running,
         forgotten=sorted(forget),
         young=young,
@@ -212,11 +218,25 @@ def _plan(
     return result, partials
 
 
-def _delete_prefix(repo: Repository, backup_id: str, first: str) -> None:
-    """``first`` (the manifest, or a leftover's lease), then everything else under it."""
-    repo.storage.delete(first)
+def _delete_prefix(repo: Repository, backup_id: str, first: str | None) -> None:
+    """``first`` (the manifest), then everything else under it."""
+    if first is not None:
+        repo.storage.delete(first)
     for item in list(repo.storage.list(f"{backup_dir(backup_id)}/")):
         repo.storage.delete(item.key)
+
+
+def _delete_dead_lease(repo: Repository, backup_id: str, now: datetime) -> str | None:
+    """Delete a leftover's lease if it is (still) dead, and only while it carries the tag
+    just read: None when it is gone, else who holds it (a live or a changed lease wins)."""
+    holder = read_holder(repo.storage, lease_key(backup_id))
+    if holder is None:
+        return None
+    if holder.dead_because(now) is None:
+        return holder.describe(now)
+    if not repo.storage.delete_if(holder.key, holder.tag):
+        return "its lease was refreshed or replaced while prune looked at it"
+    return None
 
 
 def _execute(
@@ -244,14 +264,26 @@ def _execute(
         _delete_prefix(repo, decision.id, manifest_key(decision.id))
         done += 1
     now = datetime.now(UTC)
-    for backup_id in result.orphans:
+    spared: list[str] = []
+    for backup_id in list(result.orphans):
         still_ours()
         # look again right before: a manifest or a refreshed lease since the plan wins
         entry = Found(backup_id, list(repo.storage.list(f"{backup_dir(backup_id)}/")))
-        if entry.has_manifest or _live_lease(repo, entry, now) is not None:
+        if entry.has_manifest:  # finished meanwhile: a backup now
+            spared.append(backup_id)
             continue
-        _delete_prefix(repo, backup_id, lease_key(backup_id))
+        holder = _delete_dead_lease(repo, backup_id, now)
+        if holder is not None:  # being written after all: left alone, and said so
+            spared.append(backup_id)
+            result.running[backup_id] = holder
+            continue
+        _delete_prefix(repo, backup_id, None)
         done += 1
+    # the result says what was removed; a spared prefix keeps its unfinished uploads too
+    result.orphans[:] = [o for o in result.orphans if o not in spared]
     for partial in partials:
+        if _under(partial, spared):
+            result.partial_uploads.remove(_named(partial))
+            continue
         still_ours()
         repo.storage.abort_partial(partial)

@@ -49,6 +49,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _mtime(path: Path) -> datetime | None:
+    """The file's modification time, or None when it went meanwhile (a lease released, a
+    lease's temp file renamed: a prune lists beside running backups)."""
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except FileNotFoundError:
+        return None
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, builtins.list[str]]]:
+    """Every directory under ``root`` with its file names; a directory removed during the
+    walk (an emptied backup's) is skipped, as ``os.walk`` does."""
+    for dirpath, _dirs, files in os.walk(root):
+        yield Path(dirpath), files
+
+
+@contextlib.contextmanager
+def _failing(doing: str, path: Path) -> Iterator[None]:
+    """An ``OSError`` (disk full, permissions, a stale NFS handle) as one sentence."""
+    try:
+        yield
+    except OSError as err:
+        raise OperationFailed(
+            f"cannot {doing} {path}: {err.strerror or type(err).__name__}.",
+            hint="Check free space and permissions of the repository directory.",
+        ) from None
+
+
 class FileWriter(Writer):
     def __init__(self, final: Path) -> None:
         self._final = final
@@ -134,29 +162,34 @@ class FileStorage(Storage):
         if not self.root.is_dir():
             return
         found: list[ObjectInfo] = []
-        for dirpath, _dirs, files in os.walk(self.root):
+        for directory, files in _walk(self.root):
             for name in files:
                 if name.startswith("."):  # temp files and the guard
                     continue
-                path = Path(dirpath) / name
+                path = directory / name
                 key = path.relative_to(self.root).as_posix()
-                if key.startswith(prefix):
+                if not key.startswith(prefix):
+                    continue
+                try:
                     st = path.stat()
-                    found.append(
-                        ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
-                    )
+                except FileNotFoundError:  # deleted since the walk saw it
+                    continue
+                found.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
         yield from sorted(found, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        path.unlink(missing_ok=True)
+        with _failing("delete", path):
+            path.unlink(missing_ok=True)
         self._remove_empty(path.parent)
 
     def _remove_empty(self, parent: Path) -> None:
         """Remove ``parent`` and its parents up to the root while they are empty."""
-        while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
-            with contextlib.suppress(OSError):  # someone wrote into it meanwhile
-                parent.rmdir()
+        while parent != self.root:
+            try:
+                parent.rmdir()  # refused unless empty: no look first, nothing to race
+            except OSError:  # not empty, written into meanwhile, or gone already
+                return
             parent = parent.parent
 
     def exists(self, key: str) -> bool:
@@ -166,12 +199,17 @@ class FileStorage(Storage):
         if not self.root.is_dir():
             return []
         found = []
-        for path in self.root.rglob(f".*{PARTIAL_SUFFIX}"):
-            name = path.name[1:].removesuffix(PARTIAL_SUFFIX).rsplit(".", 1)[0]
-            key = (path.parent / name).relative_to(self.root).as_posix()
-            if key.startswith(prefix):
-                started = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-                found.append(PartialUpload(key, path.name, started))
+        for directory, files in _walk(self.root):
+            for temp in files:
+                if not (temp.startswith(".") and temp.endswith(PARTIAL_SUFFIX)):
+                    continue
+                name = temp[1:].removesuffix(PARTIAL_SUFFIX).rsplit(".", 1)[0]
+                key = (directory / name).relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                started = _mtime(directory / temp)
+                if started is not None:  # committed or aborted since the walk saw it
+                    found.append(PartialUpload(key, temp, started))
         return sorted(found, key=lambda p: p.key)
 
     def abort_partial(self, partial: PartialUpload) -> None:
@@ -193,6 +231,10 @@ class FileStorage(Storage):
             )
 
     # --- compare-and-swap -----------------------------------------------------------------
+    #
+    # Every OSError of these (disk full, permissions, a stale NFS handle) becomes an
+    # OperationFailed naming the path: a lease's refresh thread and prune's lock treat it
+    # as a failed attempt, the CLI as one sentence (exit 8), never as a traceback.
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -205,43 +247,58 @@ class FileStorage(Storage):
                 hint="Check that the directory exists and is writable.",
             ) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as err:
+                raise OperationFailed(
+                    f"cannot lock the repository {self.root}: {err.strerror}.",
+                    hint="The directory must be on a file system with working locks "
+                    "(local disks; NFS since v4).",
+                ) from None
             yield
         finally:
             os.close(fd)  # closing releases the lock
 
     def _read(self, path: Path) -> Versioned | None:
-        try:
-            data = path.read_bytes()
-            modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-        except FileNotFoundError:
-            return None
+        with _failing("read", path):
+            try:
+                data = path.read_bytes()
+                modified = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            except FileNotFoundError:
+                return None
         return Versioned(data, hashlib.sha256(data).hexdigest(), modified)
 
     def read_versioned(self, key: str) -> Versioned | None:
         return self._read(self._path(key))
 
     def _temp_with(self, final: Path, data: bytes) -> Path:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        """A complete, fsynced temp file beside ``final``; nothing is left if it fails."""
         temp = final.parent / f".{final.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        with _failing("write", temp):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
         return temp
 
     def create_exclusive(self, key: str, data: bytes) -> str | None:
         final = self._path(key)
         with self._guard():
             temp = self._temp_with(final, data)
-            try:
-                os.link(temp, final)
-            except FileExistsError:
-                return None
-            finally:
-                temp.unlink(missing_ok=True)
-            _fsync_dir(final.parent)
+            with _failing("create", final):
+                try:
+                    os.link(temp, final)
+                except FileExistsError:
+                    return None
+                finally:
+                    temp.unlink(missing_ok=True)
+                _fsync_dir(final.parent)
         return hashlib.sha256(data).hexdigest()
 
     def replace_if(self, key: str, data: bytes, tag: str) -> str | None:
@@ -251,8 +308,13 @@ class FileStorage(Storage):
             if current is None or current.tag != tag:
                 return None
             temp = self._temp_with(final, data)
-            os.replace(temp, final)
-            _fsync_dir(final.parent)
+            with _failing("replace", final):
+                try:
+                    os.replace(temp, final)
+                except BaseException:
+                    temp.unlink(missing_ok=True)
+                    raise
+                _fsync_dir(final.parent)
         return hashlib.sha256(data).hexdigest()
 
     def delete_if(self, key: str, tag: str) -> bool:

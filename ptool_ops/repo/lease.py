@@ -21,8 +21,12 @@ the lease at the next refresh and stops. A lease is **dead** when
   is gone (or the PID now belongs to a process started at another time).
 
 A dead lease can be taken over (the prune lock) or its backup's leftovers removed; a live
-one is never touched. A holder that cannot refresh for half the timeout gives up the
-lease itself, so it never works on under a lease others may already count as dead.
+one is never touched. A holder gives its lease up (:attr:`Lease.lost`, ``on_lost``) when a
+refresh finds it replaced or removed, when a refresh fails in a way it did not expect, and
+when its last confirmed write is older than half the timeout -- failing refreshes, or one
+that hangs. So, while clocks are less than half the timeout apart, it never works on under
+a lease a reader may already count as dead. A conditional write that seems to fail is
+checked against the stored token first: its answer may have been lost after it landed.
 """
 
 from __future__ import annotations
@@ -234,8 +238,14 @@ class Lease:
         self._tag: str | None = None
         self._on_lost = on_lost
         self._lost: str | None = None
+        self._lose_lock = threading.Lock()
+        #: when (monotonic) the last write of ours that the store confirmed was sent
+        self._last_ok = time.monotonic()
+        #: why the refreshes since then failed, if they did
+        self._last_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
         self._lock = threading.Lock()
         #: the holder this lease replaced, when it took over a dead one
         self.took_over: Holder | None = None
@@ -259,23 +269,40 @@ class Lease:
 
     def create(self) -> Lease:
         """Take a lease on a key nobody uses (a new backup's): exists = a conflict."""
+        since = time.monotonic()
         tag = self.storage.create_exclusive(self.key, self.document())
+        if tag is None:
+            tag = self._ours()  # our own write, retried after a lost answer?
         if tag is None:
             raise Conflict(
                 f"{self.key} already exists in {self.storage.url}.",
                 hint="Run the command again (a new id is chosen).",
             )
-        self._hold(tag)
+        self._hold(tag, since)
         return self
+
+    def _ours(self) -> str | None:
+        """The stored lease's tag if it carries our token, else None.
+
+        A conditional write whose answer was lost (a reset connection, a read timeout) is
+        retried, and the retry finds its own write: S3 answers 412. Only this lease writes
+        its token, so the token tells whether the write that "failed" was ours."""
+        holder = read_holder(self.storage, self.key)
+        if holder is not None and holder.token == self.token:
+            return holder.tag
+        return None
 
     def acquire(self, *, wait_s: float = 0.0, poll_s: float = 1.0) -> Lease:
         """Take an exclusive lease (the prune lock): create it, or take over a dead one;
         wait up to ``wait_s`` for a live holder, then raise :class:`Conflict` naming it."""
         deadline = time.monotonic() + wait_s
+        since = time.monotonic()
         while True:
+            # a write of ours lands in this round or, its answer lost, in the one before
+            before, since = since, time.monotonic()
             tag = self.storage.create_exclusive(self.key, self.document())
             if tag is not None:
-                self._hold(tag)
+                self._hold(tag, since)
                 return self
             holder = read_holder(self.storage, self.key)
             if holder is None:  # released meanwhile (or a write in flight): try again
@@ -284,7 +311,7 @@ class Lease:
                 time.sleep(0.05)
                 continue
             if holder.token == self.token:  # our own write, retried after a lost answer
-                self._hold(holder.tag)
+                self._hold(holder.tag, before)
                 return self
             dead = holder.dead_because(timeout_s=self.timeout_s)
             if dead is not None:
@@ -292,7 +319,7 @@ class Lease:
                 if tag is not None:
                     log.warning("took over %s from %s: %s", self.key, holder.describe(), dead)
                     self.took_over = holder
-                    self._hold(tag)
+                    self._hold(tag, since)
                     return self
                 continue  # someone else changed it first: look again
             if time.monotonic() >= deadline:
@@ -306,48 +333,92 @@ class Lease:
                 )
             time.sleep(min(poll_s, max(deadline - time.monotonic(), 0.05)))
 
-    def _hold(self, tag: str) -> None:
+    def _hold(self, tag: str, since: float) -> None:
+        """Hold ``tag``, written by a call that started at ``since`` (monotonic)."""
         self._tag = tag
+        self._last_ok = since
         self._thread = threading.Thread(
             target=self._refresh_loop, name=f"lease {self.key}", daemon=True
         )
+        self._watchdog = threading.Thread(
+            target=self._watch, name=f"lease {self.key} watchdog", daemon=True
+        )
         self._thread.start()
+        self._watchdog.start()
 
     # --- keeping it -----------------------------------------------------------------------
 
     def _refresh_loop(self) -> None:
-        last_ok = time.monotonic()
+        """Refresh until released or lost. Whatever goes wrong ends in :meth:`_lose`, never
+        in a thread that stops quietly while its holder works on."""
         while not self._stop.wait(self.refresh_s):
             try:
                 with self._lock:
                     if self._tag is None or self._lost is not None:
                         return
+                    since = time.monotonic()  # the store's time of the write is later
                     tag = self.storage.replace_if(self.key, self.document(), self._tag)
+                    if tag is None:
+                        tag = self._ours()  # our own write, retried after a lost answer?
                     if tag is None:
                         self._lose(f"{self.key} was replaced or removed by someone else")
                         return
                     self._tag = tag
-                last_ok = time.monotonic()
-            except PtoolError as err:
+                    self._last_ok, self._last_error = since, None
+            except PtoolError as err:  # the store failed this time: try again, a while
                 log.warning("cannot refresh %s: %s", self.key, err.message)
-                if time.monotonic() - last_ok > self.timeout_s / 2:
-                    self._lose(f"{self.key} could not be refreshed: {err.message.rstrip('.')}")
+                self._last_error = err.message.rstrip(".")
+                if self._stale():
+                    self._lose(self._stale_why())
                     return
+            except Exception as err:  # a bug, or a store answering nonsense: stop now
+                log.error("cannot refresh %s", self.key, exc_info=True)
+                self._lose(f"{self.key} could not be refreshed ({type(err).__name__})")
+                return
+
+    def _watch(self) -> None:
+        """Notice a refresh that hangs (the refresh thread cannot: it is stuck in it), so the
+        holder is told (``on_lost``) without having to ask."""
+        interval = max(min(self.refresh_s, self.timeout_s / 10), 0.01)
+        while not self._stop.wait(interval):
+            if self.lost is not None:
+                return
+
+    def _stale(self) -> bool:
+        """Whether our last confirmed write is older than half the timeout: from then on a
+        reader whose clock runs ahead may count the lease as dead, so it protects nothing."""
+        return time.monotonic() - self._last_ok > self.timeout_s / 2
+
+    def _stale_why(self) -> str:
+        quiet = _age(timedelta(seconds=time.monotonic() - self._last_ok))
+        if self._last_error is not None:
+            return f"{self.key} could not be refreshed for {quiet}: {self._last_error}"
+        return f"{self.key} was not refreshed for {quiet}: the store did not answer"
 
     def _lose(self, why: str) -> None:
-        self._lost = why
+        with self._lose_lock:
+            if self._lost is not None:
+                return
+            self._lost = why
         log.error("lost the lease %s", why)
         if self._on_lost is not None:
             self._on_lost(why)
 
     @property
     def lost(self) -> str | None:
+        """Why this lease no longer protects the holder's work, or None while it does.
+
+        Also when the refresh thread is stuck in a call that does not return (a store that
+        hangs): a lease not refreshed for half the timeout is lost (the watchdog asks)."""
+        if self._lost is None and self._tag is not None and self._stale():
+            self._lose(self._stale_why())
         return self._lost
 
     def check(self) -> None:
         """Raise unless the lease is still ours (and say why)."""
-        if self._lost is not None:
-            raise OperationFailed(f"the lease {self.key} was lost: {self._lost.rstrip('.')}.")
+        lost = self.lost
+        if lost is not None:
+            raise OperationFailed(f"the lease {self.key} was lost: {lost.rstrip('.')}.")
         with self._lock:
             holder = read_holder(self.storage, self.key)
             if holder is None or holder.token != self.token:
@@ -359,6 +430,8 @@ class Lease:
 
     def release(self) -> None:
         self._stop.set()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5)
         if self._thread is not None:
             self._thread.join(timeout=30)
         with self._lock:
@@ -366,8 +439,14 @@ class Lease:
         if tag is None or self._lost is not None:
             return
         with contextlib.suppress(PtoolError):
-            if not self.storage.delete_if(self.key, tag):
+            if self.storage.delete_if(self.key, tag):
+                return
+            # a retried delete whose first answer was lost finds nothing: released all the same
+            holder = read_holder(self.storage, self.key)
+            if holder is not None and holder.token != self.token:
                 log.warning("%s was no longer ours to release", self.key)
+            elif holder is not None and not self.storage.delete_if(self.key, holder.tag):
+                log.warning("%s changed while it was released", self.key)
 
     def __enter__(self) -> Lease:
         return self
