@@ -70,6 +70,7 @@ class Operation(_Model):
     branch_id: str | None = None
     endpoint_id: str | None = None
     error: str | None = None
+    failures_count: int = 0
 
 
 class Project(_Model):
@@ -241,11 +242,12 @@ class NeonClient(HttpClient):
         *,
         json: Mapping[str, Any] | None = None,
         wait: bool = True,
+        on_change: Callable[[Operation], None] | None = None,
     ) -> dict[str, Any]:
         body = self._call(method, path, what, json=json)
         if wait:
             ops = [Operation.model_validate(op) for op in body.get("operations", [])]
-            self.wait_for_operations(ops, what=what)
+            self.track_operations(ops, what=what, on_change=on_change)
         return body
 
     # -- operations -----------------------------------------------------------------------
@@ -259,10 +261,32 @@ class NeonClient(HttpClient):
         return Operation.model_validate(body["operation"])
 
     def wait_for_operations(self, operations: Iterable[Operation], *, what: str = "") -> None:
+        """Poll each operation until it is finished or skipped (see :meth:`track_operations`)."""
+        self.track_operations(operations, what=what)
+
+    def track_operations(
+        self,
+        operations: Iterable[Operation],
+        *,
+        what: str = "",
+        on_change: Callable[[Operation], None] | None = None,
+    ) -> list[Operation]:
         """Poll each operation until it is finished or skipped (back-off up to 5 s between
-        polls). ``error``/``cancelled`` raise ``OperationFailed``; ``failed`` is retried by
-        Neon, so it is polled on; ``poll_timeout`` seconds without an end raise too."""
-        pending = {op.id: op for op in operations if op.status not in DONE_STATUSES}
+        polls) and return them as last seen. ``error``/``cancelled`` raise
+        ``OperationFailed``; ``failed`` is retried by Neon, so it is polled on;
+        ``poll_timeout`` seconds without an end raise too, naming an operation that is
+        still failed (with its error) before one that is merely running.
+
+        ``on_change`` hears each operation once as returned and again whenever its status
+        changes or it fails once more (for progress output)."""
+        seen: dict[str, Operation] = {}
+        pending: dict[str, Operation] = {}
+        for op in operations:
+            seen[op.id] = op
+            if on_change is not None:
+                on_change(op)
+            if op.status not in DONE_STATUSES:
+                pending[op.id] = op
         deadline = time.monotonic() + self.poll_timeout
         delay = self.poll_interval
         while pending:
@@ -276,18 +300,29 @@ class NeonClient(HttpClient):
                 if op.status in DONE_STATUSES:
                     del pending[op_id]
             if not pending:
-                return
+                break
             if time.monotonic() > deadline:
-                first = next(iter(pending.values()))
+                stuck = sorted(pending.values(), key=lambda o: o.status != "failed")[0]
+                tried = (
+                    f" ({stuck.failures_count} failed attempts"
+                    f"{f', last: {stuck.error}' if stuck.error else ''})"
+                    if stuck.status == "failed"
+                    else ""
+                )
                 raise OperationFailed(
-                    f"Neon operation {first.action} ({first.id}) is still {first.status} "
-                    f"after {self.poll_timeout:.0f} s.",
+                    f"Neon operation {stuck.action} ({stuck.id}) is still {stuck.status}"
+                    f"{tried} after {self.poll_timeout:.0f} s.",
                     hint="It may still finish: check the Neon console before trying again.",
                 )
             self._sleep(delay)
             delay = min(delay * 2, 5.0)
             for op_id, op in list(pending.items()):
-                pending[op_id] = self.get_operation(op.project_id, op_id)
+                now = self.get_operation(op.project_id, op_id)
+                changed = (now.status, now.failures_count) != (op.status, op.failures_count)
+                if on_change is not None and changed:
+                    on_change(now)
+                pending[op_id] = seen[op_id] = now
+        return list(seen.values())
 
     # -- projects -------------------------------------------------------------------------
 
@@ -424,10 +459,12 @@ class NeonClient(HttpClient):
         protected: bool | None = None,
         endpoint: EndpointSpec | None = None,
         wait: bool = True,
+        on_change: Callable[[Operation], None] | None = None,
     ) -> BranchCreated:
         """Create a branch (a copy of ``parent_id``, by default the project's default branch,
         at its head, at ``parent_timestamp`` or at ``parent_lsn``), optionally with a compute
-        endpoint. A branch without an endpoint is a cheap backup point."""
+        endpoint. A branch without an endpoint is a cheap backup point. ``on_change``: see
+        :meth:`track_operations`."""
         if parent_timestamp is not None and parent_lsn is not None:
             raise ValueError("give parent_timestamp or parent_lsn, not both")
         branch: dict[str, Any] = {"name": name}
@@ -450,6 +487,7 @@ class NeonClient(HttpClient):
             f"create branch {name} in project {project_id}",
             json=payload,
             wait=wait,
+            on_change=on_change,
         )
         return BranchCreated.model_validate(body)
 
@@ -503,11 +541,12 @@ class NeonClient(HttpClient):
         source_lsn: str | None = None,
         preserve_under_name: str | None = None,
         wait: bool = True,
+        on_change: Callable[[Operation], None] | None = None,
     ) -> Branch:
         """Overwrite ``branch_id`` with ``source_branch_id`` (at its head, a timestamp or an
         LSN). Connections drop; the connection string stays. ``preserve_under_name`` keeps
         the overwritten state as a branch (required when restoring from the branch's own
-        history or when it has children)."""
+        history or when it has children). ``on_change``: see :meth:`track_operations`."""
         if source_timestamp is not None and source_lsn is not None:
             raise ValueError("give source_timestamp or source_lsn, not both")
         if source_branch_id == branch_id and source_timestamp is None and source_lsn is None:
@@ -525,6 +564,7 @@ class NeonClient(HttpClient):
             f"restore branch {branch_id} from {source_branch_id}",
             json=payload,
             wait=wait,
+            on_change=on_change,
         )
         return Branch.model_validate(body["branch"])
 

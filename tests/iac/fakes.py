@@ -5,9 +5,18 @@
   document** (``neon-openapi.json``, an unmodified copy of the published spec): a request
   our client shapes wrongly is answered 400 and recorded in ``violations``; a response the
   fake shapes wrongly fails the test the same way. Mutations start operations that finish
-  after ``op_polls`` reads; ``lock_next(n)`` answers the next ``n`` mutations 423;
-  ``drop_after_apply(method, path_suffix)`` applies one matching request and then drops the
-  connection without an answer (a create interrupted after the API accepted it).
+  after ``op_polls`` reads; ``lock_next(n)`` answers the next ``n`` mutations 423,
+  ``rate_limit_next(n)`` the next ``n`` requests 429; ``script_operations(suffix, statuses)``
+  makes the operations of the next matching mutation go through ``statuses`` one poll at a
+  time (``failed`` → ``finished``: Neon retrying an operation); ``drop_after_apply(method,
+  path_suffix)`` applies one matching request and then drops the connection without an
+  answer (a create interrupted after the API accepted it). Branches are created at a
+  ``parent_timestamp``/``parent_lsn`` (kept on the branch), and a restore with
+  ``preserve_under_name`` keeps the overwritten state as a new branch of that name (children
+  move to it), as Neon does; its rules (a restore from the branch's own history needs a point
+  and a name to preserve under) are enforced. ``restores`` lists the restore requests,
+  ``request_bodies`` every request's JSON; ``uri_for(branch, role, database)`` may point a
+  branch's connection URI somewhere real (a local PostgreSQL database).
 * :class:`FakeRailway` executes GraphQL documents with graphql-core against the subset of
   Railway's public schema that ptool-ops uses (signatures from ``railwayapp/cli``'s
   ``schema.json``, see ``shared/reference/railway-api.md``): a document with an unknown
@@ -24,7 +33,7 @@ import json
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -42,6 +51,10 @@ class _App(Protocol):
 
 class _DropConnection(Exception):
     pass
+
+
+class _Refusal(Exception):
+    """A request the contract allows but Neon refuses (answered 400 with the message)."""
 
 
 def _handler(app: _App) -> type[BaseHTTPRequestHandler]:
@@ -200,7 +213,10 @@ class FakeNeon:
         self._locked = 0
         self._limited = 0
         self._drop: tuple[str, str] | None = None
+        self._script: tuple[str, list[str]] | None = None
         self._ids = itertools.count(1)
+        #: (branch, role name, database name) → a connection URI, or None for the fake's own
+        self.uri_for: Callable[[dict[str, Any], str, str], str | None] | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -213,6 +229,9 @@ class FakeNeon:
             self.operations: dict[str, dict[str, Any]] = {}
             self.polls: dict[str, int] = {}
             self.requests: list[tuple[str, str]] = []
+            self.request_bodies: list[tuple[str, str, Any]] = []
+            self.restores: list[dict[str, Any]] = []
+            self.scripts: dict[str, list[str]] = {}
             self.violations: list[str] = []
             self.auth: list[str] = []
             self.locked_answers = 0
@@ -226,6 +245,11 @@ class FakeNeon:
 
     def drop_after_apply(self, method: str, path_suffix: str) -> None:
         self._drop = (method, path_suffix)
+
+    def script_operations(self, path_suffix: str, statuses: list[str]) -> None:
+        """The operations of the next mutation whose path ends with ``path_suffix`` take
+        ``statuses`` on successive polls (the last one stays)."""
+        self._script = (path_suffix, list(statuses))
 
     def mutations(self, method: str, suffix: str) -> int:
         return sum(1 for m, p in self.requests if m == method and p.endswith(suffix))
@@ -253,6 +277,7 @@ class FakeNeon:
             except ValueError:
                 self.violations.append(f"{method} {path}: body is not JSON")
                 return 400, {"code": "", "message": "invalid JSON"}
+            self.request_bodies.append((method, path, payload))
             problems = self.contract.query_errors(op, query)
             problems += self.contract.request_errors(op, payload)
             if problems:
@@ -270,6 +295,12 @@ class FakeNeon:
                 status, answer = self._route(method, path, query, payload or {})
             except KeyError:
                 status, answer = 404, {"code": "", "message": "not found"}
+            except _Refusal as refusal:
+                status, answer = 400, {"code": "", "message": str(refusal)}
+            if self._script and method != "GET" and path.endswith(self._script[0]):
+                for started in answer.get("operations", []) if status < 300 else []:
+                    self.scripts[started["id"]] = list(self._script[1])
+                self._script = None
             problems = self.contract.response_errors(op, status, answer)
             if problems:
                 self.violations.append(f"{method} {path} response {status}: {problems}")
@@ -353,6 +384,9 @@ class FakeNeon:
             branch["parent_id"] = spec["parent_id"]
         if spec.get("expires_at"):
             branch["expires_at"] = spec["expires_at"]
+        for point in ("parent_timestamp", "parent_lsn"):
+            if spec.get(point):
+                branch[point] = spec[point]
         self.branches[bid] = branch
         return branch
 
@@ -416,6 +450,10 @@ class FakeNeon:
         if rest[0] == "connection_uri":
             branch = self.branches[query["branch_id"]]
             role = self.roles[(branch["id"], query["role_name"])]
+            hook = self.uri_for
+            real = hook(branch, role["name"], query["database_name"]) if hook else None
+            if real is not None:
+                return 200, {"uri": real}
             endpoint = next(e for e in self.endpoints.values() if e["branch_id"] == branch["id"])
             host = (
                 endpoint["host"].replace(".", "-pooler.", 1)
@@ -430,7 +468,15 @@ class FakeNeon:
         if rest[0] == "operations":
             op = self.operations[rest[1]]
             self.polls[op["id"]] += 1
-            if self.polls[op["id"]] >= self.op_polls:
+            script = self.scripts.get(op["id"])
+            if script:
+                op["status"] = script.pop(0) if len(script) > 1 else script[0]
+                if op["status"] == "failed":
+                    op["failures_count"] += 1
+                    op["error"] = "the fake's scripted failure"
+                    op["retry_at"] = _now()
+                op["updated_at"] = _now()
+            elif self.polls[op["id"]] >= self.op_polls:
                 op["status"] = "finished"
             return 200, {"operation": op}
         if rest[0] == "endpoints":
@@ -617,10 +663,51 @@ class FakeNeon:
             del self.roles[(bid, rest[2])]
             return 200, {"role": self._public_role(role), "operations": []}
         if rest[1] == "restore":
-            source = self.branches[body["source_branch_id"]]
-            branch["restored_from"] = source["id"]
-            return 200, {"branch": branch, "operations": [self._op(pid, "create_branch")]}
+            return self._restore(pid, branch, body)
         raise KeyError(bid)
+
+    def _restore(self, pid: str, branch: dict[str, Any], body: dict[str, Any]) -> tuple[int, Any]:
+        """Neon's restore: the branch keeps its id, endpoints and connection string and
+        takes the source's data; ``preserve_under_name`` keeps the state it had as a new
+        branch (which the branch's children move to)."""
+        source = self.branches[body["source_branch_id"]]
+        bid = branch["id"]
+        point = body.get("source_timestamp") or body.get("source_lsn")
+        children = [b for b in self.branches.values() if b.get("parent_id") == bid]
+        preserve = body.get("preserve_under_name")
+        if source["id"] == bid and not point:
+            raise _Refusal("restoring a branch from itself needs source_timestamp or source_lsn")
+        if (source["id"] == bid or children) and not preserve:
+            raise _Refusal("preserve_under_name is required for this restore")
+        self.restores.append({"branch_id": bid, **body})
+        ops = []
+        if preserve:
+            kept = self._new_branch(
+                pid, {"name": preserve, "parent_id": branch.get("parent_id")}, default=False
+            )
+            if not kept.get("parent_id"):
+                kept.pop("parent_id", None)
+            for child in children:
+                child["parent_id"] = kept["id"]
+            for (owner, name), role in list(self.roles.items()):
+                if owner == bid:
+                    self.roles[(kept["id"], name)] = {**role, "branch_id": kept["id"]}
+            ops.append(self._op(pid, "create_branch", branch_id=kept["id"]))
+        for key in ("parent_timestamp", "parent_lsn"):
+            branch.pop(key, None)
+        if body.get("source_timestamp"):
+            branch["parent_timestamp"] = body["source_timestamp"]
+        if body.get("source_lsn"):
+            branch["parent_lsn"] = body["source_lsn"]
+        branch["restored_from"] = source["id"]
+        branch["updated_at"] = _now()
+        ops.append(self._op(pid, "create_timeline", branch_id=bid))
+        ops += [
+            self._op(pid, "start_compute", branch_id=bid, endpoint_id=e["id"])
+            for e in self.endpoints.values()
+            if e["branch_id"] == bid
+        ]
+        return 200, {"branch": branch, "operations": ops}
 
 
 _PROJECT_LIST_FIELDS = {
