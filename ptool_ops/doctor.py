@@ -67,8 +67,12 @@ def _examine(role: str, login: Login) -> LoginReport:
         with login.connect() as conn:
             row = conn.execute("SELECT session_user").fetchone()
             report.user = str(row[0]) if row else None
-            for name in privileges.DUTIES:
-                report.duties.append(privileges.check(conn, name))
+            for name, duty in privileges.DUTIES.items():
+                if duty.database is None:
+                    report.duties.append(privileges.check(conn, name))
+                    continue
+                with login.connect(dbname=duty.database) as elsewhere:
+                    report.duties.append(privileges.check(elsewhere, name))
     except PtoolError as err:
         report.error = err.message
     return report

@@ -44,6 +44,10 @@ SMALL: dict[str, tuple[list[str], str]] = {
         ["--bookings", "2000", "--tenants", "3", "--no-s3"],
         r"ours-file -j2 .* ratio \d+\.\d\d",
     ),
+    "pitr.py": (
+        ["--bookings", "2000", "--tenants", "3", "--wal-mb", "40", "--segments", "2"],
+        r"^ratio pitr restore / baseline: \d+\.\d\d",
+    ),
 }
 
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from ptool_ops.cli.main import hoist_global_options
+from ptool_ops.cli.args import hoist_global_options
 
 from .conftest import CANARY, Cli, TestDatabase
 

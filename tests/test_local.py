@@ -170,13 +170,16 @@ def test_server_is_configured_for_wal_archiving_and_password_auth(cli: Cli) -> N
     assert owner == ("booking_owner", True)
     assert superusers == [("postgres",)]
 
-    archive = root / "wal"
+    # the archiver runs 'ptool-ops wal push' into the local repository's WAL archive
+    archive = root / "repo" / "pitr" / "wal" / "00000001"
     import time
 
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(archive.iterdir()):
+    while time.monotonic() < deadline and not list(archive.glob("*.zst")):
         time.sleep(0.2)
-    assert any(archive.iterdir()), "no WAL segment was archived"
+    assert list(archive.glob("*.zst")), "no WAL segment was archived"
+    identity = json.loads((archive.parent / "archive.json").read_text())
+    assert identity["major"] == 18 and int(identity["system_identifier"]) > 0
     cli("local down")
 
 

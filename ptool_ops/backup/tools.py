@@ -58,6 +58,12 @@ def _failure(tool: str, reason: str) -> PtoolError:
 
 def dump(tool: pg.Tool, url: SecretStr | str, args: list[str]) -> Iterator[bytes]:
     """Run ``pg_dump`` and yield its stdout; raises if it exits non-zero."""
+    return output(tool, url, args, "pg_dump")
+
+
+def output(tool: pg.Tool, url: SecretStr | str, args: list[str], what: str) -> Iterator[bytes]:
+    """Run a client tool that takes ``-d CONNINFO`` (pg_dump, pg_basebackup) and yield its
+    stdout; raises if it exits non-zero."""
     conninfo, env = pg.tool_invocation(url)
     proc = subprocess.Popen(
         [str(tool.path), "-d", conninfo, *args],
@@ -74,7 +80,7 @@ def dump(tool: pg.Tool, url: SecretStr | str, args: list[str]) -> Iterator[bytes
             yield chunk
         code = proc.wait()
         if code != 0:
-            raise _failure("pg_dump", tail.reason())
+            raise _failure(what, tail.reason())
     finally:
         if proc.poll() is None:
             proc.kill()

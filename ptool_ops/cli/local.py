@@ -29,7 +29,8 @@ def _local(app_ctx: AppContext) -> LocalEnvironment:
             f"'local' commands act on the embedded local environment, not on {settings.name!r}.",
             hint="Drop --env (or PTOOL_ENV) to use the local environment.",
         )
-    return LocalEnvironment(settings.local_dir)
+    env = app_ctx.env
+    return LocalEnvironment(settings.local_dir, repo_url=env.repo_url, backup_key=env.backup_key())
 
 
 @app.command()

@@ -24,36 +24,12 @@ from ptool_ops.cli import config as config_cli
 from ptool_ops.cli import doctor as doctor_cli
 from ptool_ops.cli import local as local_cli
 from ptool_ops.cli import migrate as migrate_cli
+from ptool_ops.cli import pitr as pitr_cli
 from ptool_ops.cli import status as status_cli
+from ptool_ops.cli.args import hoist_global_options
 from ptool_ops.cli.context import AppContext
 from ptool_ops.console import Output, OutputFormat, Redactor, configure_logging
 from ptool_ops.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, PtoolError
-
-# options of the root callback that may also stand after the command
-_VALUE_OPTIONS = {"--env", "-e", "--output", "-o"}
-_FLAG_OPTIONS = {"--yes", "-y", "--dry-run", "--verbose", "-v", "-vv", "--debug"}
-
-
-def hoist_global_options(args: list[str]) -> list[str]:
-    """Move global options found after the command to the front, where Click parses them."""
-    front: list[str] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            rest.extend(args[i:])
-            break
-        name = arg.split("=", 1)[0]
-        if arg in _FLAG_OPTIONS or (name in _VALUE_OPTIONS and "=" in arg):
-            front.append(arg)
-        elif arg in _VALUE_OPTIONS and i + 1 < len(args):
-            front.extend(args[i : i + 2])
-            i += 1
-        else:
-            rest.append(arg)
-        i += 1
-    return front + rest
 
 
 class RootGroup(TyperGroup):
@@ -156,8 +132,25 @@ app.add_typer(config_cli.app, name="config")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(backup_cli.app, name="backup")
 app.add_typer(migrate_cli.app, name="migrate")
+app.add_typer(pitr_cli.app, name="pitr")
 app.command("status")(status_cli.status)
 app.command("doctor")(doctor_cli.doctor)
+
+
+@app.command(
+    "wal",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+def wal(ctx: typer.Context) -> None:
+    """The WAL archive: archive_command (push %p) and restore_command (fetch %f %p).
+
+    The console script runs these without loading this command tree (ptool_ops.cli);
+    'ptool-ops wal --help' shows their options."""
+    from ptool_ops.cli.wal import standalone
+
+    env_name = ctx.find_root().obj.env_name if isinstance(ctx.find_root().obj, AppContext) else None
+    raise typer.Exit(standalone(["--env", env_name] if env_name else [], list(ctx.args)))
 
 
 def _version(value: bool) -> None:

@@ -10,7 +10,6 @@ Layout under the local directory (default ``.ptool/local/``)::
     pgdata/          the cluster (owned by the server's OS user)
     run/             its Unix socket (or a short path under /tmp when this one is too long)
     log/server.log   the server log
-    wal/             the WAL archive (archive_command copies here until ``ptool-ops wal push``)
     secrets.json     generated role passwords and tokens (0600)
     pgpass           the same passwords in libpq's passfile format for psql (0600)
     state.json       port, socket directory, versions
@@ -65,8 +64,9 @@ class LocalPaths:
         return self.log_dir / "server.log"
 
     @property
-    def wal_archive(self) -> Path:
-        return self.root / "wal"
+    def repo(self) -> Path:
+        """The local environment's default repository (backups, the WAL archive)."""
+        return self.root / "repo"
 
     @property
     def state(self) -> Path:
@@ -115,9 +115,12 @@ class ServerState:
 class LocalServer:
     """One embedded PostgreSQL cluster under a directory, run as a non-root OS user."""
 
-    def __init__(self, root: Path, *, archive: bool = True) -> None:
+    def __init__(self, root: Path, *, archive_command: str | None = None) -> None:
         self.paths = LocalPaths(root.resolve())
-        self.archive = archive
+        #: ``ptool-ops wal push`` into the repository (None: archiving off)
+        self.archive_command = archive_command
+        #: more settings for ptool.conf (a restored cluster's recovery settings)
+        self.extra_settings: dict[str, str] = {}
         bindir = bundled_bin_dir()
         if bindir is None:
             raise ToolMissing(
@@ -175,8 +178,10 @@ class LocalServer:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def start(self, superuser_password: str, port: int | None = None) -> bool:
-        """Initialise if needed and start; returns False when it was already running."""
+    def start(self, superuser_password: str, port: int | None = None, *, wait: bool = True) -> bool:
+        """Initialise if needed and start; returns False when it was already running.
+        ``wait`` false: return once the postmaster runs (a recovering copy is watched by
+        its caller)."""
         current = self.state()
         if current.running:
             if port is not None and current.port != port:
@@ -192,7 +197,10 @@ class LocalServer:
         _check_port_free(int(chosen))
         socket_dir = self.paths.socket_dir()
         self._write_conf(int(chosen), socket_dir)
-        self._pg_ctl("start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(self.paths.log))
+        if wait:
+            self._pg_ctl("start", "-w", "-t", str(START_TIMEOUT_S), "-l", str(self.paths.log))
+        else:
+            self._pg_ctl("start", "-W", "-l", str(self.paths.log))
         major = int((self.paths.pgdata / "PG_VERSION").read_text().strip())
         self._write_state(port=int(chosen), socket_dir=str(socket_dir), major=major)
         return True
@@ -239,7 +247,16 @@ class LocalServer:
             "cwd": str(self.paths.root),
         }
 
-    def _chown(self, path: Path) -> None:
+    def share_with_server(self, path: Path, *, mode: int = 0o700) -> None:
+        """Make ``path`` (a directory) the server's own, so its archive_command can write
+        there while this process (root, or the same user) still can too."""
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(mode)
+        if os.geteuid() == 0:
+            _allow_traversal(path)
+        self.give_to_server(path)
+
+    def give_to_server(self, path: Path) -> None:
         if os.geteuid() == 0:
             entry = _ensure_os_user(SERVER_OS_USER)
             os.chown(path, entry.pw_uid, entry.pw_gid)
@@ -251,20 +268,29 @@ class LocalServer:
         if os.geteuid() == 0:
             _allow_traversal(root)
             _allow_traversal(self.bindir)
+            if self.archive_command is not None:
+                # the archive and restore commands run this interpreter and this package
+                # as the server's user: it must reach them (o+x on their parents only)
+                import sys
+
+                import ptool_ops
+
+                for needed in (Path(sys.executable).resolve(), Path(sys.prefix)):
+                    _allow_traversal(needed)
+                _allow_traversal(Path(ptool_ops.__file__).resolve().parent)
         for path, mode in (
             (self.paths.pgdata, 0o700),
             (self.paths.log_dir, 0o700),
-            (self.paths.wal_archive, 0o700),
             (self.paths.socket_dir(), 0o700),
         ):
             path.mkdir(parents=True, exist_ok=True)
             path.chmod(mode)
-            self._chown(path)
+            self.give_to_server(path)
 
     def _initdb(self, superuser_password: str) -> None:
         pwfile = self.paths.root / ".initdb-pw"
         _atomic_write(pwfile, superuser_password + "\n", mode=0o600)
-        self._chown(pwfile)
+        self.give_to_server(pwfile)
         try:
             self._exec(
                 "initdb",
@@ -281,6 +307,15 @@ class LocalServer:
             )
         finally:
             pwfile.unlink(missing_ok=True)
+        self.write_hba()
+        conf = self.paths.pgdata / "postgresql.conf"
+        with conf.open("a") as handle:
+            handle.write(
+                f"\n# ptool-ops settings (rewritten on every start)\ninclude '{_CONF_FILE}'\n"
+            )
+
+    def write_hba(self) -> None:
+        """Only the local superuser, on the Unix socket, needs no password."""
         hba = (
             "# Written by ptool-ops. Only the local superuser, on the Unix socket, needs no\n"
             "# password; every other role, and every TCP login, uses scram-sha-256.\n"
@@ -291,20 +326,38 @@ class LocalServer:
             f"local   replication  {SUPERUSER}                 trust\n"
         )
         _atomic_write(self.paths.pgdata / "pg_hba.conf", hba, mode=0o600)
-        self._chown(self.paths.pgdata / "pg_hba.conf")
+        self.give_to_server(self.paths.pgdata / "pg_hba.conf")
+
+    def adopt(self) -> None:
+        """Take over a data directory made elsewhere (a restored base backup): ours to
+        run (owner, 0700), our access rules, and our settings file included."""
+        self._prepare_dirs()
+        if os.geteuid() == 0:
+            entry = _ensure_os_user(SERVER_OS_USER)
+            for parent, dirs, files in os.walk(self.paths.pgdata):
+                for name in [*dirs, *files]:
+                    os.lchown(os.path.join(parent, name), entry.pw_uid, entry.pw_gid)
+        self.paths.pgdata.chmod(0o700)
+        self.write_hba()
         conf = self.paths.pgdata / "postgresql.conf"
-        with conf.open("a") as handle:
-            handle.write(
-                f"\n# ptool-ops settings (rewritten on every start)\ninclude '{_CONF_FILE}'\n"
-            )
+        if f"include '{_CONF_FILE}'" not in conf.read_text(errors="replace"):
+            with conf.open("a") as handle:
+                handle.write(
+                    f"\n# ptool-ops settings (rewritten on every start)\ninclude '{_CONF_FILE}'\n"
+                )
+        for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+            (self.paths.pgdata / stale).unlink(missing_ok=True)
 
     def _write_conf(self, port: int, socket_dir: Path) -> None:
-        archive = self.paths.wal_archive
-        if self.archive:
+        from ptool_ops.pitr.commands import conf_value
+
+        if self.archive_command is not None:
             archive_lines = (
                 "archive_mode = on\n"
-                # a later issue points this at 'ptool-ops wal push'; until then a guarded copy
-                f"archive_command = 'test ! -f {archive}/%f && cp %p {archive}/%f'\n"
+                f"archive_command = {conf_value(self.archive_command)}\n"
+                # the newest WAL reaches the archive within a minute even when idle: the
+                # point-in-time window's RPO
+                "archive_timeout = 60\n"
             )
         else:
             archive_lines = "archive_mode = off\n"
@@ -316,6 +369,8 @@ class LocalServer:
             "unix_socket_permissions = 0700\n"
             "password_encryption = 'scram-sha-256'\n"
             "wal_level = replica\n"
+            # incremental base backups read the WAL summaries (PostgreSQL 17+)
+            "summarize_wal = on\n"
             f"{archive_lines}"
             "max_wal_senders = 4\n"
             "max_connections = 100\n"
@@ -329,10 +384,11 @@ class LocalServer:
             # ALTER ROLE would land here (ptool-ops sends verifiers; the suite checks)
             "log_statement = 'ddl'\n"
             "log_min_messages = warning\n"
+            + "".join(f"{k} = {conf_value(v)}\n" for k, v in self.extra_settings.items())
         )
         target = self.paths.pgdata / _CONF_FILE
         _atomic_write(target, text, mode=0o600)
-        self._chown(target)
+        self.give_to_server(target)
 
     def _pg_ctl(self, *args: str) -> None:
         self._exec("pg_ctl", "-D", str(self.paths.pgdata), *args)

@@ -45,10 +45,58 @@ class UpResult:
 
 
 class LocalEnvironment:
-    def __init__(self, local_dir: Path, *, archive: bool = True) -> None:
-        self.server = LocalServer(local_dir, archive=archive)
+    def __init__(
+        self,
+        local_dir: Path,
+        *,
+        archive: bool = True,
+        repo_url: str | None = None,
+        backup_key: bytes | None = None,
+    ) -> None:
+        """``archive``: the server archives its WAL with ``ptool-ops wal push`` into the
+        repository (``repo_url``, default ``<local_dir>/repo``), encrypted with
+        ``backup_key`` when one is set."""
+        self.server = LocalServer(local_dir)
         self.paths = self.server.paths
         self.facts = LocalFacts(self.paths.root)
+        self.repo_url = repo_url or f"file://{self.paths.repo}"
+        self._backup_key = backup_key
+        if archive:
+            from ptool_ops.pitr.commands import archive_command
+
+            self.server.archive_command = archive_command(
+                self.repo_url, key_file=self.key_file if backup_key else None
+            )
+
+    @property
+    def key_file(self) -> Path:
+        """The backup key for the server's archive and restore commands (0600, the
+        server's own): a file, so the key never stands in a process's arguments."""
+        return self.paths.root / "wal.key"
+
+    def _prepare_archive(self) -> None:
+        """Let the server's archive_command write the WAL archive of a file repository
+        (its part only: ``pitr/wal`` and the restored clusters' ``pitr/restores``)."""
+        if self.server.archive_command is None:
+            return
+        if self._backup_key is not None:
+            import base64
+
+            _atomic_write(
+                self.key_file, base64.b64encode(self._backup_key).decode() + "\n", mode=0o600
+            )
+            self.server.give_to_server(self.key_file)
+        if not self.repo_url.startswith("file://"):
+            return
+        from ptool_ops.repo.file import GUARD, FileStorage
+
+        root = FileStorage.from_url(self.repo_url).root
+        root.mkdir(parents=True, exist_ok=True)
+        for part in ("pitr", "pitr/wal", "pitr/restores"):
+            self.server.share_with_server(root / part, mode=0o755 if part == "pitr" else 0o700)
+        guard = root / GUARD
+        guard.touch(mode=0o600, exist_ok=True)
+        self.server.give_to_server(guard)
 
     def state(self) -> ServerState:
         return self.server.state()
@@ -85,6 +133,7 @@ class LocalEnvironment:
 
         with self.server.locked():
             creds = self._ensure_secrets()
+            self._prepare_archive()
             started = self.server.start(creds.passwords[SUPERUSER], port)
             self._platform(creds)
             if stack:
@@ -142,6 +191,11 @@ class LocalEnvironment:
                     )
                 )
             for statement in privileges.platform_database_statements(DATABASE):
+                conn.execute(statement)
+            # a self-managed server's administrator's part (point-in-time restore), in the
+            # maintenance database: a grant on a pg_catalog function in 'booking' would be
+            # in every dump of it, and only a superuser could restore that
+            for statement in privileges.self_managed_statements():
                 conn.execute(statement)
 
     @staticmethod

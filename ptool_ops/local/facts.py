@@ -163,8 +163,8 @@ class LocalFacts:
 
         state = self.server()
         archived = (
-            sum(1 for _ in self.paths.wal_archive.iterdir())
-            if self.paths.wal_archive.is_dir()
+            sum(1 for _ in (self.paths.repo / "pitr" / "wal").rglob("*.zst"))
+            if (self.paths.repo / "pitr" / "wal").is_dir()
             else 0
         )
         process = local_api.running(self.paths)
@@ -173,7 +173,7 @@ class LocalFacts:
             server=state.to_dict(),
             database=DATABASE,
             urls=self.urls() if state.running else {},
-            wal_archive=str(self.paths.wal_archive),
+            wal_archive=str(self.paths.repo / "pitr" / "wal"),
             archived_wal_files=archived,
             api={"url": process.url, "pid": process.pid} if process else None,
         )

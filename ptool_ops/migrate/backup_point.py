@@ -5,13 +5,13 @@ Only what really is a way back counts:
 * ``neon-branch`` -- a Neon environment (``kind = "neon"``): a branch of the current
   state of ``neon_branch_id``, through :class:`ptool_ops.platform.neon.NeonClient`;
   return with a branch restore.
-* ``logical-backup`` -- everywhere else: a backup through :func:`ptool_ops.backup.create`
-  into the environment's repository; return with ``ptool-ops backup restore ID --in-place``.
-
-A named restore point (``pg_create_restore_point``) is no way back on its own: recovering to
-it needs a base backup taken before it and an unbroken WAL chain from there, which
-ptool-ops does not take yet (point-in-time restore is a later piece of work). So a server
-with working WAL archiving still gets a logical backup, and the plan says why.
+* ``restore-point`` -- a self-managed server whose repository holds a base backup of its
+  current timeline and an unbroken WAL archive since (``pitr window`` is clean) and whose
+  archiver's last attempt succeeded: ``ptool-ops pitr mark``; return with ``ptool-ops pitr
+  restore --restore-point NAME`` (a copy beside live, checked, then promoted).
+* ``logical-backup`` -- everywhere else (the plan says why no restore point): a backup
+  through :func:`ptool_ops.backup.create` into the environment's repository; return with
+  ``ptool-ops backup restore ID --in-place``.
 
 :func:`choose` decides (``migrate plan`` shows it) without changing anything;
 :func:`take` takes the point. The point's ``restore_command`` is the exact command back.
@@ -36,6 +36,7 @@ __all__ = ["BackupKind", "BackupPlan", "BackupPoint", "EnvironmentBackupStep", "
 
 class BackupKind(enum.StrEnum):
     neon_branch = "neon-branch"
+    restore_point = "restore-point"
     logical_backup = "logical-backup"
 
 
@@ -77,11 +78,52 @@ def choose(env: Environment, conn: psycopg.Connection[Any]) -> BackupPlan:
             BackupKind.neon_branch,
             f"Neon: a branch of {settings.neon_branch_id} in project {settings.neon_project_id}",
         )
+    covered = _pitr_covers(env, conn)
+    if covered is None:
+        return BackupPlan(
+            BackupKind.restore_point,
+            f"a restore point ('ptool-ops pitr mark'): base backups and an unbroken WAL "
+            f"archive in {env.repo_url} cover it",
+        )
     return BackupPlan(
         BackupKind.logical_backup,
-        f"a logical backup (pg_dump) into {env.repo_url}: a restore point would need a base"
-        " backup and the WAL since, which ptool-ops does not take yet",
+        f"a logical backup (pg_dump) into {env.repo_url}: a restore point is no way back "
+        f"here because {covered}",
     )
+
+
+def _pitr_covers(env: Environment, conn: psycopg.Connection[Any]) -> str | None:
+    """None when a restore point made now could be restored to (a base backup of this
+    server's timeline, no gap after it, archiving working); else why not."""
+    from ptool_ops.pitr import window
+
+    try:
+        with conn.transaction():  # a savepoint inside the runner's transaction
+            row = _archive_facts(conn)
+    except psycopg.errors.InsufficientPrivilege:
+        return "this login cannot read the server's control data (pg_control_system)"
+    if row[0] == "off":
+        return "the server does not archive its WAL"
+    if row[3]:
+        return "the server's last archive attempt failed"
+    found = window.window(env.repository())
+    if found.identity is None or found.identity["system_identifier"] != str(row[1]):
+        return "the repository holds no WAL archive of this server"
+    if found.current_timeline != int(row[2]) or not found.ok:
+        return "no base backup covers the current timeline without a gap (see 'pitr window')"
+    return None
+
+
+def _archive_facts(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
+    row = conn.execute(
+        "SELECT current_setting('archive_mode'),"
+        " (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),"
+        " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),"
+        " (SELECT coalesce(last_failed_time > last_archived_time, false)"
+        "  FROM pg_catalog.pg_stat_archiver)"
+    ).fetchone()
+    assert row is not None
+    return tuple(row)
 
 
 def _stamp() -> str:
@@ -112,6 +154,16 @@ def take(
             f"neonctl branches restore {settings.neon_branch_id} {created.branch.id}"
             f" --project-id {settings.neon_project_id}"
             f" --preserve-under-name {name}-replaced",
+        )
+    if plan.kind is BackupKind.restore_point:
+        from ptool_ops.pitr import restore
+
+        point = restore.mark(env, f"ptool-pre-migrate-{label}-{_stamp()}".lower())
+        return BackupPoint(
+            plan.kind,
+            point["name"],
+            taken_at,
+            f"ptool-ops --env {env.name} pitr restore --restore-point {point['name']}",
         )
     from ptool_ops import backup
 

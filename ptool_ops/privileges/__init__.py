@@ -48,6 +48,7 @@ from ptool_ops.privileges.model import (
     READONLY,
     SCHEMA_OWNER,
     SCHEMAS,
+    SELF_MANAGED_FUNCTION_GRANTS,
     STACK_ROLES,
     DatabaseGrant,
     Membership,
@@ -65,6 +66,7 @@ from ptool_ops.privileges.sql import (
     platform_database_statements,
     platform_role_statements,
     provision,
+    self_managed_statements,
     stack_statements,
     write_block,
 )
@@ -91,6 +93,7 @@ __all__ = [
     "READONLY",
     "SCHEMAS",
     "SCHEMA_OWNER",
+    "SELF_MANAGED_FUNCTION_GRANTS",
     "STACK_ROLES",
     "DatabaseGrant",
     "Duty",
@@ -111,6 +114,7 @@ __all__ = [
     "provision",
     "require",
     "role",
+    "self_managed_statements",
     "stack_statements",
     "write_block",
 ]

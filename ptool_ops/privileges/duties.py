@@ -147,6 +147,28 @@ NEEDS: dict[str, Need] = {
             "current_user, 'pg_signal_backend', 'USAGE')",
             "GRANT pg_signal_backend TO {role}",
         ),
+        Need(
+            "replication",
+            "REPLICATION",
+            "streams a physical base backup (pg_basebackup speaks the replication protocol)",
+            "SELECT 'REPLICATION' FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+            " AND NOT (r.rolsuper OR r.rolreplication)",
+            "ALTER ROLE {role} REPLICATION",
+        ),
+        Need(
+            "mark_restore_points",
+            "EXECUTE on pg_create_restore_point(text) and pg_switch_wal() in the"
+            " maintenance database postgres",
+            "names a point in the WAL and closes its segment, so the archive holds it (the"
+            " WAL is the server's: it runs in database postgres, so the grant is in no dump"
+            " of the booking database)",
+            "SELECT f FROM unnest(ARRAY['pg_catalog.pg_create_restore_point(text)',"
+            " 'pg_catalog.pg_switch_wal()']) AS f"
+            " WHERE NOT pg_catalog.has_function_privilege(f, 'EXECUTE')",
+            "GRANT EXECUTE ON FUNCTION pg_catalog.pg_create_restore_point(text),"
+            " pg_catalog.pg_switch_wal() TO {role} (in database postgres, as a superuser of"
+            " the self-managed server)",
+        ),
     )
 }
 
@@ -159,6 +181,8 @@ class Duty:
     commands: tuple[str, ...]
     role: str
     needs: tuple[str, ...]
+    #: the database its work (and so its check) runs in, when not the environment's
+    database: str | None = None
 
 
 DUTIES: dict[str, Duty] = {
@@ -193,6 +217,14 @@ DUTIES: dict[str, Duty] = {
             ("createdb", "act_as_schema_owner", "own_database", "signal_backends"),
         ),
         Duty("local.seed", ("local seed",), OPERATOR, ("write_all_rows",)),
+        Duty("pitr.base_backup", ("pitr base-backup",), OPERATOR, ("replication",)),
+        Duty("pitr.mark", ("pitr mark",), OPERATOR, ("mark_restore_points",), "postgres"),
+        Duty(
+            "pitr.restore",
+            ("pitr restore", "pitr promote"),
+            OPERATOR,
+            ("read_all_rows",),
+        ),
     )
 }
 

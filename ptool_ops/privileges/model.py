@@ -84,6 +84,16 @@ PLATFORM_MEMBERSHIPS: tuple[Membership, ...] = (
     Membership(PLATFORM_SUPERUSER, OWNER),
 )
 
+#: what a self-managed server's administrator grants for point-in-time restore (Neon has
+#: no physical backups, so nothing to grant there): the operator names restore points and
+#: closes the WAL segment they are in. ``local up`` grants them as the server's superuser,
+#: in the maintenance database ``postgres`` (``pitr mark`` runs there): a grant on a
+#: pg_catalog function in ``booking`` would be in its dumps, restorable only by a superuser.
+SELF_MANAGED_FUNCTION_GRANTS: tuple[tuple[str, str], ...] = (
+    ("pg_catalog.pg_create_restore_point(text)", OPERATOR),
+    ("pg_catalog.pg_switch_wal()", OPERATOR),
+)
+
 STACK_ROLES: tuple[Role, ...] = (
     Role(
         APP_GROUP,

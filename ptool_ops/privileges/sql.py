@@ -17,6 +17,7 @@ from ptool_ops.privileges.model import (
     PLATFORM_MEMBERSHIPS,
     PLATFORM_ROLES,
     PLATFORM_SUPERUSER,
+    SELF_MANAGED_FUNCTION_GRANTS,
     STACK_ROLES,
     Membership,
     Role,
@@ -48,6 +49,12 @@ def platform_database_statements(database: str = DATABASE) -> Iterator[str]:
         f" ALTER DATABASE {database} OWNER TO {OWNER}; END IF; END $db$"
     )
     yield f"GRANT ALL PRIVILEGES ON DATABASE {database} TO {PLATFORM_SUPERUSER}"
+
+
+def self_managed_statements() -> Iterator[str]:
+    """What a self-managed server's administrator grants for point-in-time restore."""
+    for function, grantee in SELF_MANAGED_FUNCTION_GRANTS:
+        yield f"GRANT EXECUTE ON FUNCTION {function} TO {plain(grantee)}"
 
 
 def _sql_bool(value: bool) -> str:

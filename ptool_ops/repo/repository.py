@@ -20,19 +20,15 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptool_ops.errors import ConfigError
 from ptool_ops.repo import crypto
 from ptool_ops.repo.errors import CorruptObject, ObjectMissing, WrongKey
-from ptool_ops.repo.manifest import (
-    FORMAT_VERSION,
-    EncryptionInfo,
-    M,
-    ObjectEntry,
-    parse_manifest,
-)
 from ptool_ops.repo.storage import Storage
+
+if TYPE_CHECKING:  # the models load pydantic: ``wal push`` (once per segment) never needs them
+    from ptool_ops.repo.manifest import M, ObjectEntry
 
 MARKER = "ptool-repo.json"
 REPO_FORMAT = "ptool-ops-repository"
@@ -97,6 +93,8 @@ class Repository:
 
     def write_marker(self) -> None:
         """Make the location a repository of this layout."""
+        from ptool_ops.repo.manifest import FORMAT_VERSION
+
         marker = {
             "format": REPO_FORMAT,
             "version": LAYOUT_VERSION,
@@ -120,6 +118,8 @@ class Repository:
         aborted if anything fails, so a failed write leaves no object. ``before_store``
         runs before the store is first touched (see :meth:`Storage.open_writer`)."""
         import zstandard
+
+        from ptool_ops.repo.manifest import EncryptionInfo, ObjectEntry
 
         compressor = zstandard.ZstdCompressor(level=self.compression_level).compressobj()
         secret = self.key if encrypt else None
@@ -168,6 +168,44 @@ class Repository:
             compression_level=self.compression_level,
             encryption=encryption,
         )
+
+    def pack(self, data: bytes) -> bytes:
+        """A whole small object (a WAL segment, at most a few dozen MB) as it is stored:
+        zstd with the content size and checksum in its frame, then sealed when a key is set.
+        Such objects carry no manifest entry: :meth:`unpack` checks them on their own."""
+        import zstandard
+
+        packed = zstandard.ZstdCompressor(
+            level=self.compression_level, write_checksum=True, write_content_size=True
+        ).compress(data)
+        secret = self.key
+        if secret is None:
+            return packed
+        encryptor = crypto.Encryptor(secret)
+        return encryptor.update(packed) + encryptor.finalize()
+
+    def unpack(self, blob: bytes, name: str) -> bytes:
+        """The original bytes of a :meth:`pack` object; :class:`CorruptObject` when the
+        frame's checksum or size fails, :class:`WrongKey` when it cannot be decrypted."""
+        import zstandard
+
+        if blob.startswith(crypto.MAGIC):
+            secret = self.key
+            if secret is None:
+                raise WrongKey(
+                    f"{name} is encrypted and no backup key is configured.",
+                    hint="Set backup_key or backup_key_secret (or --key-file) for this "
+                    "environment.",
+                )
+            decryptor = crypto.Decryptor(secret, name)
+            blob = decryptor.update(blob) + decryptor.finalize()
+        try:
+            return zstandard.ZstdDecompressor().decompress(blob)
+        except zstandard.ZstdError as err:
+            raise CorruptObject(
+                f"{name} is damaged: {err}.",
+                hint="The stored copy fails its checksum; use another copy or base backup.",
+            ) from None
 
     def check_key(self, entry: ObjectEntry) -> None:
         """Fail before downloading when the configured key cannot decrypt ``entry``."""
@@ -291,4 +329,6 @@ class Repository:
         return self.parse_manifest(self.storage.get_bytes(key), key, model)
 
     def parse_manifest(self, raw: bytes, key: str, model: type[M]) -> M:
+        from ptool_ops.repo.manifest import parse_manifest
+
         return parse_manifest(raw, model, f"{self.url}/{key}")

@@ -64,7 +64,33 @@ def test_working_wal_archiving_is_no_way_back_without_a_base_backup(
         assert row == (True,)
         plan = choose(env, conn)
     assert plan.kind is BackupKind.logical_backup
-    assert "a restore point would need a base backup" in plan.reason
+    assert "a restore point is no way back here" in plan.reason
+    assert "holds no WAL archive of this server" in plan.reason
+
+
+def test_a_base_backup_and_an_unbroken_archive_make_a_restore_point_the_way_back(
+    archiving_env: LocalEnvironment, tmp_path: Path
+) -> None:
+    from ptool_ops.pitr import base
+
+    settings = EnvironmentSettings(
+        name="t",
+        kind="postgres",
+        database_url=archiving_env.facts.role_url(OWNER),
+        repo_url=archiving_env.repo_url,
+        audit_dir=tmp_path,
+    )
+    env = Environment(settings)
+    with psycopg.connect(archiving_env.facts.role_url(MIGRATOR), autocommit=True) as conn:
+        assert choose(env, conn).kind is BackupKind.logical_backup  # no base backup yet
+        base.base_backup(env)
+        plan = choose(env, conn)
+        assert plan.kind is BackupKind.restore_point, plan.reason
+        point = EnvironmentBackupStep(env).take(conn, plan, "up-0006")
+    assert point.ref.startswith("ptool-pre-migrate-up-0006-")
+    assert point.restore_command == (f"ptool-ops --env t pitr restore --restore-point {point.ref}")
+    recorded = env.repository().get_json(f"pitr/points/{point.ref}.json")
+    assert recorded is not None and recorded["name"] == point.ref
 
 
 @pytest.fixture

@@ -1,0 +1,67 @@
+"""The archive_command and restore_command ptool-ops writes into a server's configuration.
+
+They call this interpreter by its absolute path in isolated mode (``python -I -m
+ptool_ops``): the server's environment has no PATH worth trusting and no virtualenv, and
+``-I`` keeps the data directory (the commands' working directory) off ``sys.path``. The
+repository is named with ``--repo`` so the command skips the settings (start-up cost is
+paid once per 16 MB segment); a key, when the repository is encrypted, is read from a file
+(never a process argument).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from ptool_ops.pitr import archive
+
+
+def _base(repo_url: str, key_file: Path | None, archive_name: str) -> list[str]:
+    parts = ["--repo", repo_url]
+    if key_file is not None:
+        parts += ["--key-file", str(key_file)]
+    if archive_name != archive.LIVE:
+        parts += ["--archive", archive_name]
+    return parts
+
+
+def _line(words: list[str], placeholders: str) -> str:
+    # '%' starts a placeholder in these settings: a literal one is written '%%'
+    escaped = [shlex.quote(w).replace("%", "%%") for w in words]
+    return " ".join(escaped) + " " + placeholders
+
+
+def _python() -> list[str]:
+    return [sys.executable, "-I", "-m", "ptool_ops", "wal"]
+
+
+def archive_command(
+    repo_url: str, *, key_file: Path | None = None, archive_name: str = archive.LIVE
+) -> str:
+    base = [*_python(), "push"]
+    return _line(base + _base(repo_url, key_file, archive_name), "%p")
+
+
+def restore_command(
+    repo_url: str,
+    *,
+    key_file: Path | None = None,
+    archive_name: str = archive.LIVE,
+    spool: Path | None = None,
+    prefetch: int = 8,
+) -> str:
+    """``wal fetch``; with ``spool``, segments are fetched and checked ahead by a
+    prefetcher, and a segment found there is moved into place by the shell alone (the
+    interpreter's start-up is the cost of a segment otherwise: replay waits for it)."""
+    base = [*_python(), "fetch", *_base(repo_url, key_file, archive_name)]
+    if spool is None:
+        return _line(base, "%f %p")
+    base += ["--spool", str(spool), "--prefetch", str(prefetch)]
+    ready = shlex.quote(str(spool)).replace("%", "%%") + "/%f"
+    return f"test -f {ready} && mv -f {ready} %p || " + _line(base, "%f %p")
+
+
+def conf_value(text: str) -> str:
+    """A value for postgresql.conf: single-quoted, quotes doubled."""
+    return "'" + text.replace("'", "''") + "'"

@@ -1,0 +1,602 @@
+"""A point-in-time restore into a new data directory, started beside live, checked, and
+left running -- live is not touched.
+
+Before anything is created (:func:`plan`): the base backup (or incremental chain) is the
+newest one that *ends* before the target -- by recorded LSN, time or transaction id, never
+by name -- and the WAL from its start to the target is proven present on its timeline.
+A target before the window, before every backup's end, after the newest WAL or on another
+timeline is refused with one sentence.
+
+Then (:func:`restore`): the chain is unpacked (``pg_combinebackup`` for an incremental
+chain) into ``<restores>/<id>/pgdata``, the copy gets ``wal fetch`` from the live archive
+as its restore_command and ``wal push`` into an archive of its own
+(``pitr/restores/<id>/wal``) -- a restored cluster never writes into the live archive --
+and starts on a free port with ``recovery_target_action = pause`` (``promote`` with
+``--promote``). We watch it replay (LSN reached / target) until it pauses at the target;
+a server that stops instead (the target not reached, a WAL file that failed its checks)
+is reported with the server's own reason, never as a hang. The booking invariants and a
+comparison with live run on the copy; its connection string is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+
+from ptool_ops import pg
+from ptool_ops.audit import audited
+from ptool_ops.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    OperationFailed,
+    Refused,
+    UsageError,
+)
+from ptool_ops.pitr import archive, base, commands, window
+from ptool_ops.pitr.target import Target, format_lsn
+
+if TYPE_CHECKING:
+    from ptool_ops.environment import Environment
+    from ptool_ops.local.cluster import LocalServer
+    from ptool_ops.repo.repository import Repository
+
+#: called with (phase, detail)
+Progress = Callable[[str, str], None]
+
+STATE_FILE = "restore.json"
+POINTS = "pitr/points"
+
+
+def point_key(name: str) -> str:
+    return f"{POINTS}/{name}.json"
+
+
+@dataclass
+class Plan:
+    target: Target
+    chain: list[str]
+    backup_end_lsn: str
+    backup_end_time: str
+    timeline: int
+    wal_from: str
+    wal_to: str
+    segments: int
+    #: the LSN recovery must reach, when the target names one (an LSN, a restore point)
+    target_lsn: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "target": self.target.to_dict()}
+
+
+def _points(repo: Repository, name: str) -> dict[str, Any] | None:
+    return repo.get_json(point_key(name))
+
+
+def plan(repo: Repository, target: Target, *, now: datetime | None = None) -> Plan:
+    """Choose the base backup and prove the WAL; raise :class:`Refused` with the reason."""
+    backups = base.list_base_backups(repo)
+    listing = window.list_archive(repo)
+    if not backups:
+        raise Refused(
+            f"there is no base backup in {repo.url}, so no point can be restored.",
+            hint="Take one with 'ptool-ops pitr base-backup'; it covers the time after it.",
+        )
+    size = listing.segment_size
+    target_lsn: int | None = None
+    if target.kind == "name":
+        point = _points(repo, str(target.name))
+        if point is None:
+            raise Refused(
+                f"restore point {target.name!r} is not recorded in {repo.url}.",
+                hint="List them with 'ptool-ops pitr window'; a point made outside "
+                "'ptool-ops pitr mark' can be reached with --lsn.",
+            )
+        target_lsn = int(point["lsn"])
+    elif target.kind == "lsn":
+        target_lsn = target.lsn
+    moment = now or datetime.now(UTC)
+    if target.kind == "time" and target.time is not None and target.time > moment:
+        raise Refused(f"the target {target.describe()} is in the future.")
+
+    def ends_before(b: base.BaseBackupManifest) -> bool:
+        if target_lsn is not None:
+            return b.end <= target_lsn
+        if target.kind == "time" and target.time is not None:
+            return b.end_time < target.time
+        return target.xid is not None and b.next_xid <= target.xid
+
+    usable = [b for b in backups if ends_before(b)]
+    if not usable:
+        first = backups[0]
+        raise Refused(
+            f"the target {target.describe()} is before the end of the oldest base backup "
+            f"{first.id} (LSN {first.end_lsn}, {first.end_time.isoformat()}); PostgreSQL "
+            "would ignore it.",
+            hint="Nothing can be restored to before the oldest base backup's end; pick a "
+            "later target.",
+        )
+    chosen = usable[-1]
+    by_id = {b.id: b for b in backups}
+    missing = [i for i in chosen.chain if i not in by_id]
+    if missing:
+        raise Refused(
+            f"base backup {chosen.id} needs {', '.join(missing)}, which is not in {repo.url}.",
+            hint="Its chain is broken; choose an older target or take a new full base backup.",
+        )
+    timeline = chosen.timeline
+    have = listing.segments.get(timeline, {})
+    start_segment = chosen.start // size
+    if target_lsn is not None:
+        last = target_lsn // size
+        if not have or max(have) < last:
+            newest = listing.name(timeline, max(have)) if have else "none"
+            raise Refused(
+                f"the target {target.describe()} is after the newest archived WAL on "
+                f"timeline {timeline} (newest segment: {newest}).",
+                hint="Wait for the archive to catch up (see 'ptool-ops pitr window'), or "
+                "pick an earlier target.",
+            )
+    elif target.kind == "time" and target.time is not None:
+        after = sorted(n for n, stamp in have.items() if n >= start_segment and stamp > target.time)
+        if not after:
+            newest_at = max(have.values()).isoformat() if have else "never"
+            raise Refused(
+                f"the target {target.describe()} is after the newest archived WAL on "
+                f"timeline {timeline} (archived {newest_at}).",
+                hint="Wait for the next segment to be archived (archive_timeout), or pick an "
+                "earlier target.",
+            )
+        last = after[0]
+    else:
+        last = max(have) if have else start_segment
+    if any(t > timeline for t in listing.segments) and target.kind != "lsn":
+        later = max(listing.segments)
+        if later > timeline and listing.segments[later] and min(listing.segments[later]) <= last:
+            raise Refused(
+                f"the archive holds timeline {later}, which branched before the target; "
+                f"the target is on another timeline than base backup {chosen.id} "
+                f"({timeline}).",
+                hint="Take a base backup on the current timeline, or give --lsn on "
+                f"timeline {timeline}.",
+            )
+    gaps = window.missing_between(listing, timeline, start_segment, last)
+    if gaps:
+        raise Refused(
+            f"the WAL from base backup {chosen.id} to the target has a gap on timeline "
+            f"{timeline}: {gaps[0].describe()}.",
+            hint="No point after the gap can be restored from this archive; pick a target "
+            "before it, or take a new base backup after it.",
+        )
+    return Plan(
+        target=target,
+        chain=chosen.chain,
+        backup_end_lsn=chosen.end_lsn,
+        backup_end_time=chosen.end_time.isoformat(),
+        timeline=timeline,
+        wal_from=listing.name(timeline, start_segment),
+        wal_to=listing.name(timeline, last),
+        segments=last - start_segment + 1,
+        target_lsn=format_lsn(target_lsn) if target_lsn is not None else None,
+    )
+
+
+@dataclass
+class RestoreResult:
+    id: str
+    plan: Plan
+    data_dir: str
+    port: int
+    url: SecretStr
+    state: str  # paused (at the target) | promoted
+    reached_lsn: str | None
+    invariants: dict[str, Any]
+    comparison: dict[str, Any] | None
+    elapsed_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.invariants.get("ok"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ok": self.ok,
+            "plan": self.plan.to_dict(),
+            "data_dir": self.data_dir,
+            "port": self.port,
+            "connection": pg.describe(self.url),
+            "state": self.state,
+            "reached_lsn": self.reached_lsn,
+            "invariants": self.invariants,
+            "comparison": self.comparison,
+            "elapsed_s": self.elapsed_s,
+        }
+
+
+def restores_dir(env: Environment) -> Path:
+    """Where restored copies live: beside the local directory (``.ptool/restores``)."""
+    return env.settings.local_dir.parent / "restores"
+
+
+def _server(root: Path) -> LocalServer:
+    from ptool_ops.local.cluster import LocalServer
+
+    return LocalServer(root)
+
+
+def _key_file(env: Environment, root: Path, server: LocalServer) -> Path | None:
+    key = env.backup_key()
+    if key is None:
+        return None
+    import base64
+
+    from ptool_ops.local.cluster import _atomic_write
+
+    path = root / "wal.key"
+    _atomic_write(path, base64.b64encode(key).decode() + "\n", mode=0o600)
+    server.give_to_server(path)
+    return path
+
+
+_FATAL = re.compile(r"(FATAL|PANIC):\s+(.*)")
+
+
+def _server_reason(log: Path) -> str:
+    """The server's own reason for stopping (its last FATAL line, and the WAL command's
+    complaint before it)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no server log"
+    fatal = [m.group(2) for line in lines if (m := _FATAL.search(line))]
+    ours = [line.split("ptool-ops wal fetch: ", 1)[1] for line in lines if "wal fetch: " in line]
+    reason = fatal[-1] if fatal else (lines[-1] if lines else "no message")
+    if ours:
+        reason += f" (the restore command said: {ours[-1]})"
+    return reason.rstrip(".")
+
+
+def _copy_url(env: Environment, port: int) -> SecretStr:
+    """The operator's login, pointed at the copy (same roles and passwords as at the target)."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    login = env.database("pitr.restore")
+    params = conninfo_to_dict(login.url.get_secret_value())
+    params.update(host="127.0.0.1", port=str(port), sslmode="disable")
+    params.pop("hostaddr", None)
+    params.setdefault("application_name", "ptool-ops pitr")
+    return SecretStr(make_conninfo("", **{k: v for k, v in params.items() if v is not None}))
+
+
+class _QuietAfterTarget(Exception):
+    """Recovery to a time ended at the archive's end without seeing a commit after the
+    target: nothing committed between the last transaction and the target, so the end of
+    the archived WAL is the state at the target."""
+
+    def __init__(self, lsn: str) -> None:
+        super().__init__(lsn)
+        self.lsn = lsn
+
+
+_REDO_DONE = re.compile(r"redo done at ([0-9A-F]+/[0-9A-F]+)")
+
+
+def _ended_quietly(log: Path, target: Target) -> str | None:
+    """The LSN replay ended at, when a time target was not reached only because no
+    transaction committed after it (PostgreSQL stops a time target at the first commit
+    after it; an idle database never writes one)."""
+    if target.kind != "time":
+        return None
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    tail = text[text.rfind("starting point-in-time recovery") :]
+    if "recovery ended before configured recovery target was reached" not in tail:
+        return None
+    if "wal fetch: " in tail:  # a WAL file failed its checks: never a quiet end
+        return None
+    done = _REDO_DONE.findall(tail)
+    return done[-1] if done else None
+
+
+def _watch(
+    server: LocalServer, url: SecretStr, plan_: Plan, timeout_s: float, report: Progress
+) -> tuple[str, str | None]:
+    """Wait for the copy to pause at the target (or end recovery when promoting)."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout_s
+    last_lsn: str | None = None
+    want = plan_.target_lsn or plan_.target.describe()
+    born = time.monotonic()
+    seen_running = False
+    while time.monotonic() < deadline:
+        running = server.state().running
+        seen_running = seen_running or running
+        if not running and not seen_running and time.monotonic() - born < 30:
+            time.sleep(0.2)  # pg_ctl returned before the postmaster wrote its pid file
+            continue
+        if not running:
+            quiet = _ended_quietly(server.paths.log, plan_.target)
+            if quiet is not None:
+                raise _QuietAfterTarget(quiet)
+            raise OperationFailed(
+                f"the restored server stopped before reaching {plan_.target.describe()}: "
+                f"{_server_reason(server.paths.log)}.",
+                hint=f"Live was not touched. The copy's log is {server.paths.log}; remove the "
+                "copy with 'ptool-ops pitr drop'.",
+            )
+        try:
+            conn = pg.connect(url, connect_timeout=3)
+        except (DatabaseUnavailable, psycopg.OperationalError) as err:
+            if "password authentication failed" in str(err) or "does not exist" in str(err):
+                raise OperationFailed(
+                    f"the restored server refuses the operator's login: {err}",
+                    hint="The role or its password differed at the target; connect with "
+                    "the credentials of that time.",
+                ) from None
+            report("starting", "waiting for the restored server to reach a consistent state")
+            time.sleep(0.2)
+            continue
+        with conn:
+            row = conn.execute(
+                "SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery()"
+                " THEN pg_get_wal_replay_pause_state() END, pg_last_wal_replay_lsn()::text"
+            ).fetchone()
+        assert row is not None
+        in_recovery, pause_state, lsn = bool(row[0]), str(row[1]), row[2]
+        last_lsn = lsn or last_lsn
+        if not in_recovery:
+            return "promoted", last_lsn
+        if pause_state == "paused":
+            return "paused", last_lsn
+        report("replaying", f"WAL replayed to {lsn or '?'} (target {want})")
+        time.sleep(0.2)
+    raise OperationFailed(
+        f"the restored server did not reach {plan_.target.describe()} within "
+        f"{int(timeout_s)} s (replayed to {last_lsn or 'nothing yet'}).",
+        hint="It is still running; watch its log, or give a longer --timeout.",
+    )
+
+
+def restore(
+    env: Environment,
+    target: Target,
+    *,
+    promote: bool = False,
+    timeout_s: float = 3600.0,
+    compare_live: bool = True,
+    progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore the environment's server to ``target`` into a new data directory."""
+    from ptool_ops.backup.listing import new_id
+    from ptool_ops.booking.invariants import run_invariants
+    from ptool_ops.local.cluster import _free_port
+    from ptool_ops.pitr.compare import compare
+
+    report: Progress = progress or (lambda phase, detail: None)
+    repo = env.repository()
+    the_plan = plan(repo, target)
+    restore_id = new_id()
+    root = restores_dir(env) / restore_id
+    if root.exists():
+        raise UsageError(f"{root} already exists.", hint="Run the command again.")
+    clocks: dict[str, float] = {}
+    with audited(
+        env,
+        "pitr.restore",
+        {"restore_id": restore_id, "plan": the_plan.to_dict(), "data_dir": str(root)},
+        done=lambda: f"the copy {restore_id} was restored to {target.describe()}",
+    ) as entry:
+        started = time.monotonic()
+        backups = {b.id: b for b in base.list_base_backups(repo)}
+        chain = [backups[i] for i in the_plan.chain]
+        tool = pg.find_tool("pg_combinebackup", server_major=chain[-1].major)
+        server = _server(root)
+        server.paths.root.mkdir(parents=True)
+        _write_state(root, restore_id, env, the_plan, 0, "fetching")  # 'pitr drop' finds it
+        report("fetching", f"base backup {' + '.join(the_plan.chain)}")
+        base.materialise(
+            repo,
+            chain,
+            server.paths.pgdata,
+            tool.path.parent,
+            progress=lambda phase, done, total: report(phase, f"{done}/{total}"),
+        )
+        clocks["fetch"] = round(time.monotonic() - started, 3)
+        key_file = _key_file(env, root, server)
+        server.share_with_server(root / "spool")  # the prefetcher runs as the server's user
+        server.archive_command = commands.archive_command(
+            repo.url, key_file=key_file, archive_name=archive.restore_archive(restore_id)
+        )
+        server.extra_settings = {
+            "restore_command": commands.restore_command(
+                repo.url, key_file=key_file, spool=root / "spool"
+            ),
+            **target.server_settings(),
+            "recovery_target_action": "promote" if promote else "pause",
+            "recovery_target_timeline": str(the_plan.timeline),
+            "hot_standby": "on",
+        }
+        server.adopt()
+        (server.paths.pgdata / "recovery.signal").touch()
+        server.give_to_server(server.paths.pgdata / "recovery.signal")
+        port = _free_port()
+        url = _copy_url(env, port)
+        _write_state(root, restore_id, env, the_plan, port, "recovering")
+        report("starting", f"restored server on 127.0.0.1:{port}")
+        replay_clock = time.monotonic()
+        server.start("", port, wait=False)
+        try:
+            state, reached = _watch(server, url, the_plan, timeout_s, report)
+        except _QuietAfterTarget as quiet:
+            # the same state, at an LSN PostgreSQL can stop at: restart to it (the copy
+            # shut down still in recovery, so it picks up where it stopped)
+            report("replaying", f"no commit after the target; stopping at {quiet.lsn}")
+            for key in list(server.extra_settings):
+                if key.startswith("recovery_target_") and key not in (
+                    "recovery_target_action",
+                    "recovery_target_timeline",
+                ):
+                    del server.extra_settings[key]
+            server.extra_settings["recovery_target_lsn"] = quiet.lsn
+            server.start("", port, wait=False)
+            the_plan.target_lsn = quiet.lsn
+            state, reached = _watch(server, url, the_plan, timeout_s, report)
+        clocks["replay"] = round(time.monotonic() - replay_clock, 3)
+        report("checking", "booking invariants and the comparison with live")
+        check_clock = time.monotonic()
+        with pg.connect(url) as copy:
+            invariants = run_invariants(copy).to_dict()
+            comparison = None
+            if compare_live:
+                with env.database("pitr.restore").connect() as live:
+                    comparison = compare(live, copy).to_dict()
+        clocks["check"] = round(time.monotonic() - check_clock, 3)
+        clocks["total"] = round(time.monotonic() - started, 3)
+        _write_state(root, restore_id, env, the_plan, port, state)
+        result = RestoreResult(
+            id=restore_id,
+            plan=the_plan,
+            data_dir=str(server.paths.pgdata),
+            port=port,
+            url=url,
+            state=state,
+            reached_lsn=reached,
+            invariants=invariants,
+            comparison=comparison,
+            elapsed_s=clocks,
+        )
+        entry.details.update(
+            {"state": state, "reached_lsn": reached, "ok": result.ok, "elapsed_s": clocks}
+        )
+        return result
+
+
+def _write_state(
+    root: Path, restore_id: str, env: Environment, plan_: Plan, port: int, state: str
+) -> None:
+    from ptool_ops.local.cluster import _atomic_write
+
+    data = {
+        "id": restore_id,
+        "environment": env.name,
+        "port": port,
+        "state": state,
+        "plan": plan_.to_dict(),
+        "archive": archive.restore_archive(restore_id),
+        "updated_at": datetime.now(UTC).isoformat(),
+    }
+    _atomic_write(root / STATE_FILE, json.dumps(data, indent=2) + "\n", mode=0o644)
+
+
+def find_copy(env: Environment, restore_id: str) -> tuple[Path, dict[str, Any]]:
+    root = restores_dir(env) / restore_id
+    try:
+        data = json.loads((root / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        raise ConfigError(
+            f"there is no restored copy {restore_id!r} in {restores_dir(env)}.",
+            hint="The id is printed by 'ptool-ops pitr restore'.",
+        ) from None
+    return root, data
+
+
+def promote(env: Environment, restore_id: str, *, timeout_s: float = 120.0) -> dict[str, Any]:
+    """End recovery of a restored copy: it becomes a writable server on a new timeline
+    (archiving into its own archive). Live is not touched."""
+    root, data = find_copy(env, restore_id)
+    server = _server(root)
+    if not server.state().running:
+        raise OperationFailed(
+            f"the restored copy {restore_id} is not running.",
+            hint=f"Start it with pg_ctl -D {server.paths.pgdata} start, or restore again.",
+        )
+    url = _copy_url(env, int(data["port"]))
+    with audited(
+        env,
+        "pitr.promote",
+        {"restore_id": restore_id, "data_dir": str(server.paths.pgdata)},
+        done=lambda: f"the copy {restore_id} was promoted",
+    ):
+        server._pg_ctl("promote", "-w", "-t", str(int(timeout_s)))
+        with pg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT pg_is_in_recovery(),"
+                " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())"
+            ).fetchone()
+        assert row is not None
+        data["state"] = "promoted" if not row[0] else "recovering"
+        data["timeline"] = int(row[1])
+        from ptool_ops.local.cluster import _atomic_write
+
+        _atomic_write(root / STATE_FILE, json.dumps(data, indent=2) + "\n", mode=0o644)
+    return data
+
+
+def drop(env: Environment, restore_id: str) -> dict[str, Any]:
+    """Stop a restored copy and delete its directory (its archive prefix stays)."""
+    root, _data = find_copy(env, restore_id)
+    server = _server(root)
+    with audited(
+        env,
+        "pitr.drop",
+        {"restore_id": restore_id, "data_dir": str(root)},
+        done=lambda: f"the copy {restore_id} was removed",
+    ):
+        server.stop("immediate")
+        shutil.rmtree(root)
+    return {"id": restore_id, "removed": str(root)}
+
+
+def mark(env: Environment, name: str) -> dict[str, Any]:
+    """``pg_create_restore_point(name)``, then close its WAL segment so the archive holds
+    it; the point (LSN, time, timeline) is recorded in the repository."""
+    from ptool_ops import privileges
+
+    if not name or len(name) > 63 or not name.isprintable():
+        raise UsageError(
+            f"{name!r} is not a restore point name.", hint="Use at most 63 printable characters."
+        )
+    repo = env.repository()
+    if repo.get_json(point_key(name)) is not None:
+        raise Refused(
+            f"restore point {name!r} already exists in {repo.url}.",
+            hint="Restore point names must be unique (PostgreSQL recovers to the first one).",
+        )
+    login = env.database("pitr.mark")
+    with audited(
+        env, "pitr.mark", {"name": name}, done=lambda: f"restore point {name!r} was made"
+    ) as entry:
+        # the WAL is the server's: in the maintenance database, where the grants are
+        with login.connect(autocommit=True, dbname="postgres") as conn:
+            privileges.require(conn, "pitr.mark")
+            row = conn.execute(
+                "SELECT pg_create_restore_point(%s)::text, now(),"
+                " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())",
+                (name,),
+            ).fetchone()
+            assert row is not None
+            conn.execute("SELECT pg_switch_wal()")
+        from ptool_ops.pitr.target import parse_lsn
+
+        point = {
+            "name": name,
+            "lsn": parse_lsn(str(row[0])),
+            "lsn_text": str(row[0]),
+            "time": row[1].isoformat(),
+            "timeline": int(row[2]),
+        }
+        repo.put_json(point_key(name), point)
+        entry.details.update(point)
+    return point

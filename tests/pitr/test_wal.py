@@ -1,0 +1,131 @@
+"""``wal push`` / ``wal fetch`` as PostgreSQL runs them: real processes, real segments of
+a real cluster, and the exit codes PostgreSQL acts on."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.pitr.conftest import PitrEnv, wal
+
+SEGMENT_SIZE = 16 * 1024 * 1024
+
+
+def _segment(pitr_env: PitrEnv, into: Path) -> Path:
+    """A finished segment of the cluster, copied out of its pg_wal."""
+    pitr_env.switch_wal()
+    wal_dir = pitr_env.local / "pgdata" / "pg_wal"
+    done = sorted(p for p in wal_dir.iterdir() if len(p.name) == 24)[0]
+    copy = into / done.name
+    shutil.copyfile(done, copy)
+    return copy
+
+
+def test_push_is_idempotent_and_never_overwrites(pitr_env: PitrEnv, tmp_path: Path) -> None:
+    repo = f"file://{tmp_path / 'repo'}"
+    segment = _segment(pitr_env, tmp_path)
+    first = wal("push", str(segment), "--repo", repo)
+    assert first.returncode == 0, first.stderr
+    stored = tmp_path / "repo" / "pitr" / "wal" / segment.name[:8] / f"{segment.name}.zst"
+    assert stored.exists() and stored.stat().st_size < SEGMENT_SIZE  # compressed
+    identity = json.loads((tmp_path / "repo" / "pitr" / "wal" / "archive.json").read_text())
+    assert identity["segment_size"] == SEGMENT_SIZE
+
+    # PostgreSQL re-archives after a crash: the same bytes are a success
+    assert wal("push", str(segment), "--repo", repo).returncode == 0
+    # other bytes under the same name are refused, and the stored copy stays
+    original = segment.read_bytes()
+    changed = bytearray(original)
+    changed[SEGMENT_SIZE // 2] ^= 0xFF
+    segment.write_bytes(bytes(changed))
+    before = stored.read_bytes()
+    refused = wal("push", str(segment), "--repo", repo)
+    assert refused.returncode not in (0, 1) and refused.returncode < 126
+    assert "already archived with different content" in refused.stderr
+    assert stored.read_bytes() == before
+
+    fetched = tmp_path / "fetched"
+    assert wal("fetch", segment.name, str(fetched), "--repo", repo).returncode == 0
+    assert fetched.read_bytes() == original
+
+
+def test_a_foreign_cluster_is_refused(pitr_env: PitrEnv, tmp_path: Path) -> None:
+    repo = f"file://{tmp_path / 'repo'}"
+    segment = _segment(pitr_env, tmp_path)
+    assert wal("push", str(segment), "--repo", repo).returncode == 0
+    other = bytearray(segment.read_bytes())
+    other[24:32] = (int.from_bytes(other[24:32], "little") + 1).to_bytes(8, "little")
+    foreign = tmp_path / "other" / f"{segment.name[:16]}000000FF"
+    foreign.parent.mkdir()
+    foreign.write_bytes(bytes(other))
+    refused = wal("push", str(foreign), "--repo", repo)
+    assert refused.returncode not in (0, 1) and refused.returncode < 126
+    assert "never mix two clusters' WAL" in refused.stderr
+    assert not list((tmp_path / "repo").rglob(f"{foreign.name}*"))
+
+
+def test_fetch_says_missing_only_when_missing(pitr_env: PitrEnv, tmp_path: Path) -> None:
+    repo = f"file://{tmp_path / 'repo'}"
+    segment = _segment(pitr_env, tmp_path)
+    assert wal("push", str(segment), "--repo", repo).returncode == 0
+    dest = tmp_path / "RECOVERYXLOG"
+
+    missing = wal("fetch", "0000000100000000000000FE", str(dest), "--repo", repo)
+    assert missing.returncode == 1 and not dest.exists()
+    assert wal("fetch", "00000009.history", str(dest), "--repo", repo).returncode == 1
+
+    # everything else stops recovery: a usage error, a damaged object, a missing key
+    assert wal("fetch", segment.name, str(dest), "--repo", repo, "--bogus").returncode == 128
+    stored = next((tmp_path / "repo").rglob(f"{segment.name}.zst"))
+    good = stored.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0x01
+    stored.write_bytes(bytes(damaged))
+    corrupt = wal("fetch", segment.name, str(dest), "--repo", repo)
+    assert corrupt.returncode == 128, corrupt.stderr
+    assert "damaged" in corrupt.stderr and not dest.exists()
+    stored.write_bytes(good)
+    assert wal("fetch", "not-a-wal-name", str(dest), "--repo", repo).returncode == 128
+
+
+def test_an_encrypted_archive_needs_its_key(pitr_env: PitrEnv, tmp_path: Path) -> None:
+    repo = f"file://{tmp_path / 'repo'}"
+    key_file = tmp_path / "key"
+    key_file.write_text(base64.b64encode(bytes(range(32))).decode())
+    segment = _segment(pitr_env, tmp_path)
+    pushed = wal("push", str(segment), "--repo", repo, "--key-file", str(key_file))
+    assert pushed.returncode == 0, pushed.stderr
+    stored = next((tmp_path / "repo").rglob(f"{segment.name}.zst"))
+    assert stored.read_bytes().startswith(b"PTAEAD")
+    dest = tmp_path / "out"
+    without = wal("fetch", segment.name, str(dest), "--repo", repo)
+    assert without.returncode == 128 and "no backup key" in without.stderr
+    wrong = tmp_path / "wrong"
+    wrong.write_text(base64.b64encode(bytes(32)).decode())
+    assert (
+        wal("fetch", segment.name, str(dest), "--repo", repo, "--key-file", str(wrong)).returncode
+        == 128
+    )
+    right = wal("fetch", segment.name, str(dest), "--repo", repo, "--key-file", str(key_file))
+    assert right.returncode == 0 and dest.read_bytes() == segment.read_bytes()
+
+
+def test_history_files_are_archived_beside_the_segments(tmp_path: Path) -> None:
+    repo = f"file://{tmp_path / 'repo'}"
+    history = tmp_path / "00000002.history"
+    history.write_text("1\t0/5000000\tno recovery target specified\n")
+    assert wal("push", str(history), "--repo", repo).returncode == 0
+    assert (tmp_path / "repo" / "pitr" / "wal" / "history" / "00000002.history.zst").exists()
+    dest = tmp_path / "fetched.history"
+    assert wal("fetch", "00000002.history", str(dest), "--repo", repo).returncode == 0
+    assert dest.read_text() == history.read_text()
+
+
+@pytest.mark.parametrize("args", [["push"], ["push", "a", "b"], []])
+def test_push_usage_errors_are_not_success(args: list[str]) -> None:
+    result = wal(*args)
+    assert result.returncode not in (0, 1), result
