@@ -45,14 +45,19 @@ def _phases(app_ctx: AppContext, label: str) -> Iterator[Callable[[str, str], No
 def archive_command(ctx: typer.Context) -> None:
     """The archive_command and restore_command to put in a self-managed server's
     postgresql.conf (the local environment has them already)."""
+    from pathlib import Path
+
     from ptool_ops.pitr import commands
 
     app_ctx = context.get(ctx)
     env = app_ctx.env
+    # an encrypted repository: the server reads the key from a file of its own (0600),
+    # never from its command line
+    key_file = Path("/etc/ptool-ops/backup.key") if env.backup_key() is not None else None
     data = {
         "archive_mode": "on",
-        "archive_command": commands.archive_command(env.repo_url),
-        "restore_command": commands.restore_command(env.repo_url),
+        "archive_command": commands.archive_command(env.repo_url, key_file=key_file),
+        "restore_command": commands.restore_command(env.repo_url, key_file=key_file),
         "summarize_wal": "on",
         "archive_timeout": "60",
     }
@@ -60,6 +65,13 @@ def archive_command(ctx: typer.Context) -> None:
     def render(out: Console) -> None:
         for key, value in data.items():
             out.print(f"{key} = {commands.conf_value(value)}", markup=False, highlight=False)
+        if key_file is not None:
+            out.print(
+                f"# write the backup key to {key_file}, mode 0600, owned by the server's OS "
+                "user (the repository is encrypted)",
+                markup=False,
+                highlight=False,
+            )
 
     app_ctx.output.result(data, render)
 

@@ -100,6 +100,19 @@ def _spawn_prefetcher(args: argparse.Namespace) -> Callable[[str], None]:
     return start
 
 
+def _prefetch_quietly(args: argparse.Namespace) -> Callable[[str], None]:
+    """The file is in place already: a prefetcher that cannot start must not fail it."""
+    start = _spawn_prefetcher(args)
+
+    def guarded(after: str) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):  # a prefetcher only speeds things up
+            start(after)
+
+    return guarded
+
+
 def _prefetch(args: argparse.Namespace) -> int:
     from ptool_ops.pitr import wal
 
@@ -125,10 +138,10 @@ def _fetch(args: argparse.Namespace) -> int:
             Path(args.dest),
             archive_name=args.archive,
             spool=spool,
-            on_segment=_spawn_prefetcher(args) if spool and args.prefetch > 0 else None,
+            on_segment=_prefetch_quietly(args) if spool and args.prefetch > 0 else None,
         )
     except wal.NotArchived:
-        return wal.FETCH_NOT_ARCHIVED
+        return int(args.not_archived_exit)
     except BaseException as err:  # anything else must stop recovery
         _say("fetch", err)
         return wal.FETCH_FATAL
@@ -178,6 +191,13 @@ def parser() -> argparse.ArgumentParser:
     fetch.add_argument("name", help="%%f: the file PostgreSQL asks for")
     fetch.add_argument("dest", help="%%p: where to put it")
     fetch.add_argument("--spool", help="directory of checked segments fetched ahead")
+    fetch.add_argument(
+        "--not-archived-exit",
+        type=int,
+        default=1,
+        help="exit code for 'not in the archive' (the generated restore_command uses 99 and "
+        "maps it to 1 in the shell, so a Python that cannot start is never read as 'not found')",
+    )
     fetch.add_argument(
         "--prefetch", type=int, default=0, help="keep this many segments fetched ahead"
     )

@@ -119,8 +119,8 @@ def _archive_facts(conn: psycopg.Connection[Any]) -> tuple[Any, ...]:
         "SELECT current_setting('archive_mode'),"
         " (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),"
         " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()),"
-        " (SELECT coalesce(last_failed_time > last_archived_time, false)"
-        "  FROM pg_catalog.pg_stat_archiver)"
+        " (SELECT last_failed_time IS NOT NULL AND (last_archived_time IS NULL"
+        "  OR last_failed_time > last_archived_time) FROM pg_catalog.pg_stat_archiver)"
     ).fetchone()
     assert row is not None
     return tuple(row)

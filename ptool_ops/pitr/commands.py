@@ -16,6 +16,10 @@ from pathlib import Path
 
 from ptool_ops.pitr import archive
 
+#: what the generated restore_command's ``wal fetch`` exits with for "not archived" (the
+#: shell around it turns it into PostgreSQL's 1, and every other code into 128)
+NOT_ARCHIVED_EXIT = 99
+
 
 def _base(repo_url: str, key_file: Path | None, archive_name: str) -> list[str]:
     parts = ["--repo", repo_url]
@@ -55,11 +59,22 @@ def restore_command(
     prefetcher, and a segment found there is moved into place by the shell alone (the
     interpreter's start-up is the cost of a segment otherwise: replay waits for it)."""
     base = [*_python(), "fetch", *_base(repo_url, key_file, archive_name)]
+    base += ["--not-archived-exit", str(NOT_ARCHIVED_EXIT)]
+    if spool is not None:
+        base += ["--spool", str(spool), "--prefetch", str(prefetch)]
+    # only our own "not archived" becomes 1: an interpreter that cannot even start (a
+    # broken virtualenv, a module it cannot import) exits 1 too, and PostgreSQL would read
+    # that as the end of the archive and promote a short database
+    fetch = (
+        "{ "
+        + _line(base, "%f %p")
+        + f"; rc=$?; [ $rc -eq 0 ] && exit 0; [ $rc -eq {NOT_ARCHIVED_EXIT} ] && exit 1;"
+        " exit 128; }"
+    )
     if spool is None:
-        return _line(base, "%f %p")
-    base += ["--spool", str(spool), "--prefetch", str(prefetch)]
+        return fetch
     ready = shlex.quote(str(spool)).replace("%", "%%") + "/%f"
-    return f"test -f {ready} && mv -f {ready} %p || " + _line(base, "%f %p")
+    return f"test -f {ready} && mv -f {ready} %p || {fetch}"
 
 
 def conf_value(text: str) -> str:

@@ -83,8 +83,10 @@ def _points(repo: Repository, name: str) -> dict[str, Any] | None:
 
 def plan(repo: Repository, target: Target, *, now: datetime | None = None) -> Plan:
     """Choose the base backup and prove the WAL; raise :class:`Refused` with the reason."""
-    backups = base.list_base_backups(repo)
     listing = window.list_archive(repo)
+    # only this archive's cluster: a repository can hold base backups of an earlier one
+    system = listing.identity.system_identifier if listing.identity else None
+    backups = [b for b in base.list_base_backups(repo) if b.system_identifier == system]
     if not backups:
         raise Refused(
             f"there is no base backup in {repo.url}, so no point can be restored.",
@@ -309,6 +311,27 @@ def _ended_quietly(log: Path, target: Target) -> str | None:
     return done[-1] if done else None
 
 
+def _check_replayed_all(repo: Repository, plan_: Plan, lsn: str, log: Path) -> None:
+    """A quiet end is the target's state only if replay used the whole archive: it ended
+    in the newest archived segment of its timeline, with no gap before it."""
+    from ptool_ops.pitr.target import parse_lsn
+
+    listing = window.list_archive(repo)
+    have = listing.segments.get(plan_.timeline, {})
+    ended = parse_lsn(lsn) // listing.segment_size
+    first = archive.Segment.parse(plan_.wal_from, listing.segment_size)
+    gaps = window.missing_between(listing, plan_.timeline, first.number, ended) if first else []
+    if not have or ended < max(have) or gaps:
+        newest = listing.name(plan_.timeline, max(have)) if have else "-"
+        where = gaps[0].describe() if gaps else f"the archive goes on to {newest}"
+        raise OperationFailed(
+            f"the restored server's recovery ended at {lsn} before {plan_.target.describe()}, "
+            f"short of the archive ({where}).",
+            hint=f"Live was not touched. See 'ptool-ops pitr window' and the copy's log {log}; "
+            "remove the copy with 'ptool-ops pitr drop'.",
+        )
+
+
 def _watch(
     server: LocalServer, url: SecretStr, plan_: Plan, timeout_s: float, report: Progress
 ) -> tuple[str, str | None]:
@@ -440,6 +463,7 @@ def restore(
         try:
             state, reached = _watch(server, url, the_plan, timeout_s, report)
         except _QuietAfterTarget as quiet:
+            _check_replayed_all(repo, the_plan, quiet.lsn, server.paths.log)
             # the same state, at an LSN PostgreSQL can stop at: restart to it (the copy
             # shut down still in recovery, so it picks up where it stopped)
             report("replaying", f"no commit after the target; stopping at {quiet.lsn}")

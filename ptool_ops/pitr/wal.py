@@ -150,6 +150,13 @@ def _checked(repo: Repository, name: str, archive_name: str) -> tuple[str, bytes
     try:
         blob = repo.storage.get_bytes(key)
     except ObjectMissing:
+        if read_identity(repo, archive_name) is None:
+            # no archive at all: an unmounted or mistyped repository is no "end of WAL"
+            raise ConfigError(
+                f"{repo.url}/{archive.prefix(archive_name)} holds no WAL archive (no "
+                "archive.json), so it cannot say what is archived.",
+                hint="Check the repository URL and that it is mounted/reachable.",
+            ) from None
         raise NotArchived(f"{name} is not in the archive {repo.url}/{key}.") from None
     data = repo.unpack(blob, name)
     if archive.SEGMENT.match(name) and not name.endswith(".partial"):

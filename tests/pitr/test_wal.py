@@ -129,3 +129,34 @@ def test_history_files_are_archived_beside_the_segments(tmp_path: Path) -> None:
 def test_push_usage_errors_are_not_success(args: list[str]) -> None:
     result = wal(*args)
     assert result.returncode not in (0, 1), result
+
+
+def _as_postgres_runs_it(command: str, name: str, dest: Path) -> int:
+    """restore_command as PostgreSQL runs it: placeholders filled, through /bin/sh."""
+    import subprocess
+
+    line = command.replace("%f", name).replace("%p", str(dest)).replace("%%", "%")
+    return subprocess.run(["/bin/sh", "-c", line], capture_output=True, check=False).returncode
+
+
+def test_the_generated_restore_command_never_mistakes_a_crash_for_the_end(
+    pitr_env: PitrEnv, tmp_path: Path
+) -> None:
+    import sys
+
+    from ptool_ops.pitr.commands import restore_command
+
+    repo = f"file://{tmp_path / 'repo'}"
+    segment = _segment(pitr_env, tmp_path)
+    assert wal("push", str(segment), "--repo", repo).returncode == 0
+    command = restore_command(repo, spool=tmp_path / "spool")
+    dest = tmp_path / "RECOVERYXLOG"
+    assert _as_postgres_runs_it(command, segment.name, dest) == 0
+    assert dest.read_bytes() == segment.read_bytes()
+    assert _as_postgres_runs_it(command, "0000000100000000000000FE", dest) == 1
+    # an interpreter that cannot start exits 1 as well: that must stop recovery (128)
+    broken = command.replace(sys.executable, "/bin/false")
+    assert _as_postgres_runs_it(broken, "0000000100000000000000FE", dest) == 128
+    # a repository that is not there is no "end of the archive"
+    gone = restore_command(f"file://{tmp_path / 'unmounted'}")
+    assert _as_postgres_runs_it(gone, segment.name, dest) == 128
