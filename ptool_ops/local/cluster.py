@@ -40,6 +40,18 @@ DATABASE = "booking"
 START_TIMEOUT_S = 60
 _SOCKET_NAME_MAX = 100  # sun_path is 108 bytes on Linux; ".s.PGSQL.NNNNN" must fit too
 _CONF_FILE = "ptool.conf"
+#: settings a restored copy never takes from its source's postgresql.auto.conf
+_NOT_INHERITED = (
+    "archive_",
+    "restore_command",
+    "recovery_",
+    "primary_",
+    "port",
+    "listen_addresses",
+    "unix_socket_",
+    "hba_file",
+    "ident_file",
+)
 #: application_name prefix of the superuser's sessions (server set-up: local up/down/reset)
 SETUP_APPLICATION = "ptool-ops server set-up: "
 #: why the superuser logs in: ``local up`` making the platform's roles (as Neon's control
@@ -347,6 +359,17 @@ class LocalServer:
                 )
         for stale in ("postmaster.pid", "postmaster.opts", "standby.signal"):
             (self.paths.pgdata / stale).unlink(missing_ok=True)
+        # ALTER SYSTEM settings of the source come after ptool.conf: drop those that would
+        # point the copy at live (its archive, its port) or change its recovery
+        auto = self.paths.pgdata / "postgresql.auto.conf"
+        if auto.exists():
+            kept = [
+                line
+                for line in auto.read_text(errors="replace").splitlines()
+                if not line.split("=", 1)[0].strip().startswith(_NOT_INHERITED)
+            ]
+            _atomic_write(auto, "\n".join(kept) + "\n", mode=0o600)
+            self.give_to_server(auto)
 
     def _write_conf(self, port: int, socket_dir: Path) -> None:
         from ptool_ops.pitr.commands import conf_value
