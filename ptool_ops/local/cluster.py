@@ -268,6 +268,15 @@ class LocalServer:
             _allow_traversal(path)
         self.give_to_server(path)
 
+    def write_key_file(self, path: Path, key: bytes) -> Path:
+        """The backup key in a file only the server's user reads (0600): its archive and
+        restore commands read it there, never from their arguments."""
+        import base64
+
+        _atomic_write(path, base64.b64encode(key).decode() + "\n", mode=0o600)
+        self.give_to_server(path)
+        return path
+
     def give_to_server(self, path: Path) -> None:
         if os.geteuid() == 0:
             entry = _ensure_os_user(SERVER_OS_USER)

@@ -80,12 +80,7 @@ class LocalEnvironment:
         if self.server.archive_command is None:
             return
         if self._backup_key is not None:
-            import base64
-
-            _atomic_write(
-                self.key_file, base64.b64encode(self._backup_key).decode() + "\n", mode=0o600
-            )
-            self.server.give_to_server(self.key_file)
+            self.server.write_key_file(self.key_file, self._backup_key)
         if not self.repo_url.startswith("file://"):
             return
         from ptool_ops.repo.file import GUARD, FileStorage

@@ -362,6 +362,13 @@ def base_backup(
                 f"base backup {backup_id} failed while {step}: {err.message.rstrip('.')}.",
                 hint=err.hint,
             ) from None
+        except (OSError, KeyError, ValueError, tarfile.TarError) as err:
+            # a full scratch disk, a tar or manifest without what PostgreSQL always writes
+            raise OperationFailed(
+                f"base backup {backup_id} failed while {step}: {type(err).__name__}: {err}.",
+                hint="It is not listed; free space under the temporary directory (TMPDIR) "
+                "and run it again.",
+            ) from None
         finally:
             lease.release()
         result = BaseBackupResult(
@@ -429,7 +436,6 @@ def materialise(
     repo: Repository,
     chain: list[BaseBackupManifest],
     data_dir: Path,
-    tool_dir: Path,
     progress: Progress | None = None,
 ) -> None:
     """A data directory from a chain (full first): one extract, or each into a scratch
@@ -450,8 +456,9 @@ def materialise(
             extract(repo, backup, part)
             parts.append(str(part))
         report("combining", 0, 1)
+        tool = pg.find_tool("pg_combinebackup", server_major=chain[-1].major)
         out = subprocess.run(
-            [str(tool_dir / "pg_combinebackup"), *parts, "-o", str(data_dir)],
+            [str(tool.path), *parts, "-o", str(data_dir)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -72,9 +72,12 @@ class Plan:
     segments: int
     #: the LSN recovery must reach, when the target names one (an LSN, a restore point)
     target_lsn: str | None
+    #: the chain's manifests, full first (read once, by the plan)
+    backups: list[base.BaseBackupManifest] = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "target": self.target.to_dict()}
+        data = {k: v for k, v in self.__dict__.items() if k != "backups"}
+        return {**data, "target": self.target.to_dict()}
 
 
 def _points(repo: Repository, name: str) -> dict[str, Any] | None:
@@ -188,6 +191,7 @@ def plan(repo: Repository, target: Target, *, now: datetime | None = None) -> Pl
         wal_to=listing.name(timeline, last),
         segments=last - start_segment + 1,
         target_lsn=format_lsn(target_lsn) if target_lsn is not None else None,
+        backups=[by_id[i] for i in chosen.chain],
     )
 
 
@@ -237,16 +241,7 @@ def _server(root: Path) -> LocalServer:
 
 def _key_file(env: Environment, root: Path, server: LocalServer) -> Path | None:
     key = env.backup_key()
-    if key is None:
-        return None
-    import base64
-
-    from ptool_ops.local.cluster import _atomic_write
-
-    path = root / "wal.key"
-    _atomic_write(path, base64.b64encode(key).decode() + "\n", mode=0o600)
-    server.give_to_server(path)
-    return path
+    return server.write_key_file(root / "wal.key", key) if key is not None else None
 
 
 _FATAL = re.compile(r"(FATAL|PANIC):\s+(.*)")
@@ -422,9 +417,7 @@ def restore(
         done=lambda: f"the copy {restore_id} was restored to {target.describe()}",
     ) as entry:
         started = time.monotonic()
-        backups = {b.id: b for b in base.list_base_backups(repo)}
-        chain = [backups[i] for i in the_plan.chain]
-        tool = pg.find_tool("pg_combinebackup", server_major=chain[-1].major)
+        chain = the_plan.backups
         server = _server(root)
         server.paths.root.mkdir(parents=True)
         _write_state(root, restore_id, env, the_plan, 0, "fetching")  # 'pitr drop' finds it
@@ -433,7 +426,6 @@ def restore(
             repo,
             chain,
             server.paths.pgdata,
-            tool.path.parent,
             progress=lambda phase, done, total: report(phase, f"{done}/{total}"),
         )
         clocks["fetch"] = round(time.monotonic() - started, 3)
