@@ -134,6 +134,12 @@ class EnvironmentSettings(BaseSettings):
     backup_keep_monthly: int = Field(
         default=6, ge=0, description="prune: keep the newest backup of each of N months."
     )
+    pitr_keep_full: int = Field(
+        default=2,
+        ge=1,
+        description="pitr prune: keep the newest N full base backups, every incremental on"
+        " them, and the WAL from the oldest one's start.",
+    )
     migrations_dir: Path | None = Field(
         default=None,
         description="migrate: directory of NNNN_name.up/down/verify.sql (default: the booking"

@@ -203,7 +203,11 @@ def _plan(
     partials = [
         p
         for p in repo.storage.list_partial("")
-        if p.started <= cutoff and not _under(p, [*running, *young]) and not p.key.startswith(LOCKS)
+        if p.started <= cutoff
+        and not _under(p, [*running, *young])
+        and not p.key.startswith(LOCKS)
+        # point-in-time objects are pitr prune's: a base backup may upload for hours
+        and not p.key.startswith("pitr/")
     ]
     result = PruneResult(
         dry_run=dry_run,

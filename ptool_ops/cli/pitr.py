@@ -287,13 +287,23 @@ def _neon_restore(app_ctx: AppContext, target: Target, *, apply: bool) -> None:
 def promote_cmd(
     ctx: typer.Context,
     restore_id: str = RESTORE_ID,
+    replace: bool = typer.Option(
+        False,
+        "--replace",
+        help="Then replace live with the copy (local environment): live is stopped and its "
+        "data directory kept; the copy starts on live's port, archiving into the live "
+        "archive as a new timeline.",
+    ),
 ) -> None:
     """End recovery of a restored copy: it becomes writable on a new timeline, archiving
-    into its own prefix. Live is not touched."""
+    into its own prefix; live is not touched. With --replace the copy becomes live."""
     from ptool_ops.pitr import restore
 
     app_ctx = context.get(ctx)
     env = app_ctx.env
+    if replace:
+        _replace(app_ctx, restore_id)
+        return
     app_ctx.confirm(f"end recovery of the restored copy {restore_id} (it cannot pause again)")
     data = restore.promote(env, restore_id)
     app_ctx.output.result(
@@ -303,6 +313,33 @@ def promote_cmd(
             f"archiving into pitr/{data['archive']}"
         ),
     )
+
+
+def _replace(app_ctx: AppContext, restore_id: str) -> None:
+    """``promote ID --replace``: the plan, one confirmation, the replacement."""
+    from ptool_ops.pitr import replace
+
+    env = app_ctx.env
+    plan = replace.plan_replace(env, restore_id)
+    if app_ctx.dry_run:
+        app_ctx.output.result({"dry_run": True, "plan": plan.to_dict()}, None)
+        return
+    app_ctx.confirm(plan.describe())
+    with _phases(app_ctx, "replacing live") as progress:
+        result = replace.replace(env, plan, progress=progress)
+
+    def render(out: Console) -> None:
+        out.print(
+            f"[green]✓[/green] copy [bold]{result.restore_id}[/bold] is live: "
+            f"{result.data_dir} on port {result.port}, timeline {result.timeline}, archiving "
+            "into pitr/wal"
+        )
+        out.print(f"  the old data directory is kept: {result.old_data_dir}")
+        out.print(f"  timeline {result.timeline}'s WAL copied: {len(result.wal_copied)} file(s)")
+        for step in result.next_steps:
+            out.print(f"  next: {step}")
+
+    app_ctx.output.result(result, render)
 
 
 @app.command("drop")
@@ -328,9 +365,18 @@ def drop_cmd(ctx: typer.Context, restore_id: str = RESTORE_ID) -> None:
         return
     app_ctx.confirm(f"stop and delete the restored copy {restore_id}")
     data = restore.drop(env, restore_id)
-    app_ctx.output.result(
-        data, lambda out: out.print(f"[green]✓[/green] removed {data['removed']}")
-    )
+
+    def render(out: Console) -> None:
+        if data["removed"]:
+            out.print(f"[green]✓[/green] removed {data['removed']}")
+        else:
+            out.print(f"[green]✓[/green] no copy {restore_id} on this machine")
+        if data["archive_retired"]:
+            out.print(f"  its archive pitr/restores/{restore_id}/ goes at the next 'pitr prune'")
+        else:
+            out.print(f"  its archive pitr/restores/{restore_id}/ could not be marked; it stays")
+
+    app_ctx.output.result(data, render)
 
 
 @app.command("mark")
@@ -350,3 +396,106 @@ def mark_cmd(
             f"({point['time']}, timeline {point['timeline']})"
         ),
     )
+
+
+@app.command("prune")
+def prune_cmd(
+    ctx: typer.Context,
+    keep_full: int | None = typer.Option(
+        None,
+        "--keep-full",
+        min=1,
+        help="Keep the newest N full base backups and the incrementals on them (default: "
+        "the pitr_keep_full setting).",
+    ),
+    orphan_minutes: float = typer.Option(
+        360,
+        "--orphans-older-than",
+        min=0,
+        help="Remove base backups without a manifest (interrupted uploads) older than this "
+        "many minutes (a running base backup's lease protects it whatever its age).",
+    ),
+    forget_unreadable: list[str] = typer.Option(
+        [],
+        "--forget-unreadable",
+        metavar="ID",
+        help="Delete this base backup although its manifest cannot be read; repeatable. "
+        "Without it such a backup stops the prune.",
+    ),
+    lock_wait: float = typer.Option(
+        30, "--lock-wait", min=0, help="Seconds to wait for another pitr prune to finish."
+    ),
+) -> None:
+    """Delete base backups the retention policy does not keep, the WAL no kept backup
+    needs, and leftovers of interrupted runs. --dry-run lists what would go."""
+    from datetime import timedelta
+
+    from ptool_ops.cli.backup import _size
+    from ptool_ops.errors import UsageError
+    from ptool_ops.pitr import prune
+    from ptool_ops.pitr.retention import Policy
+
+    app_ctx = context.get(ctx)
+    env = app_ctx.env
+    if env.kind == "neon":
+        raise UsageError(
+            "Neon keeps a project's history for history_retention_seconds itself; there is "
+            "nothing under pitr/ to prune."
+        )
+    policy = Policy(keep_full=keep_full or env.settings.pitr_keep_full)
+    if not app_ctx.dry_run and env.protected:
+        app_ctx.confirm(
+            f"Delete base backups and WAL of protected environment {env.name!r} by policy "
+            f"(keep {policy.keep_full} full)"
+        )
+    result = prune.prune(
+        env,
+        policy=policy,
+        dry_run=app_ctx.dry_run,
+        orphan_age=timedelta(minutes=orphan_minutes),
+        forget_unreadable=forget_unreadable,
+        lock_wait_s=lock_wait,
+    )
+
+    def render(out: Console) -> None:
+        from rich.markup import escape
+
+        verb = "would delete" if result.dry_run else "deleted"
+        if result.took_over_lock:
+            out.print(f"took over an abandoned prune lock ({escape(result.took_over_lock)})")
+        for key, holder in result.running.items():
+            out.print(f"[yellow]in use[/yellow] {key}: {escape(holder)} (prune deletes nothing)")
+        for d in result.kept:
+            out.print(f"kept {escape(d.describe())}: {escape('; '.join(d.reasons))}")
+        for d in result.deleted:
+            why = f": {escape('; '.join(d.reasons))}" if d.reasons else ""
+            out.print(f"[red]{verb}[/red] {escape(d.describe())}, {_size(d.stored_bytes)}{why}")
+        for backup_id in result.forgotten:
+            out.print(f"[red]{verb}[/red] unreadable base backup {backup_id}")
+        for leftover in result.incomplete:
+            out.print(
+                f"[red]{verb}[/red] incomplete base backup {leftover.id} (no manifest: an "
+                f"interrupted upload, garbage), {_size(leftover.bytes)}"
+            )
+        for backup_id in result.young:
+            out.print(f"left incomplete base backup {backup_id}: younger than the orphan age")
+        for backup_id in result.foreign:
+            out.print(f"left {backup_id}: a base backup of another cluster than the archive's")
+        out.print(escape(result.wal.describe(verb)))
+        for r in result.restores_deleted:
+            out.print(f"[red]{verb}[/red] pitr/restores/{r.id}/ ({r.reason}), {_size(r.bytes)}")
+        for r in result.restores_left:
+            out.print(f"left pitr/restores/{r.id}/: {escape(r.reason)}")
+        for name in result.points_deleted:
+            out.print(f"[red]{verb}[/red] restore point {name!r}: before every kept backup")
+        for partial in result.partial_uploads:
+            out.print(
+                f"[red]{'would abort' if result.dry_run else 'aborted'}[/red] upload {partial}"
+            )
+        out.print(
+            f"{len(result.kept)} kept, {len(result.deleted) + len(result.forgotten)} "
+            f"{verb}; {_size(result.bytes_freed)} "
+            f"{'would be freed' if result.dry_run else 'freed'}"
+        )
+
+    app_ctx.output.result(result, render)

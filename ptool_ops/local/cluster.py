@@ -148,7 +148,7 @@ class LocalServer:
 
     def _write_state(self, **changes: Any) -> None:
         state = self.read_state() | changes
-        _atomic_write(self.paths.state, json.dumps(state, indent=2) + "\n", mode=0o644)
+        atomic_write(self.paths.state, json.dumps(state, indent=2) + "\n", mode=0o644)
 
     def state(self) -> ServerState:
         return server_state(self.paths)
@@ -273,7 +273,7 @@ class LocalServer:
         restore commands read it there, never from their arguments."""
         import base64
 
-        _atomic_write(path, base64.b64encode(key).decode() + "\n", mode=0o600)
+        atomic_write(path, base64.b64encode(key).decode() + "\n", mode=0o600)
         self.give_to_server(path)
         return path
 
@@ -310,7 +310,7 @@ class LocalServer:
 
     def _initdb(self, superuser_password: str) -> None:
         pwfile = self.paths.root / ".initdb-pw"
-        _atomic_write(pwfile, superuser_password + "\n", mode=0o600)
+        atomic_write(pwfile, superuser_password + "\n", mode=0o600)
         self.give_to_server(pwfile)
         try:
             self._exec(
@@ -346,7 +346,7 @@ class LocalServer:
             "host    replication  all      127.0.0.1/32    scram-sha-256\n"
             f"local   replication  {SUPERUSER}                 trust\n"
         )
-        _atomic_write(self.paths.pgdata / "pg_hba.conf", hba, mode=0o600)
+        atomic_write(self.paths.pgdata / "pg_hba.conf", hba, mode=0o600)
         self.give_to_server(self.paths.pgdata / "pg_hba.conf")
 
     def adopt(self) -> None:
@@ -377,7 +377,7 @@ class LocalServer:
                 for line in auto.read_text(errors="replace").splitlines()
                 if not line.split("=", 1)[0].strip().startswith(_NOT_INHERITED)
             ]
-            _atomic_write(auto, "\n".join(kept) + "\n", mode=0o600)
+            atomic_write(auto, "\n".join(kept) + "\n", mode=0o600)
             self.give_to_server(auto)
 
     def _write_conf(self, port: int, socket_dir: Path) -> None:
@@ -419,7 +419,7 @@ class LocalServer:
             + "".join(f"{k} = {conf_value(v)}\n" for k, v in self.extra_settings.items())
         )
         target = self.paths.pgdata / _CONF_FILE
-        _atomic_write(target, text, mode=0o600)
+        atomic_write(target, text, mode=0o600)
         self.give_to_server(target)
 
     def _pg_ctl(self, *args: str) -> None:
@@ -560,7 +560,7 @@ def _allow_traversal(path: Path) -> None:
             parent.chmod(mode | 0o001)
 
 
-def _atomic_write(path: Path, text: str, *, mode: int) -> None:
+def atomic_write(path: Path, text: str, *, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as handle:

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 
 from ptool_ops import privileges
 from ptool_ops.errors import ConfigError
-from ptool_ops.local.cluster import DATABASE, SUPERUSER, LocalServer, ServerState, _atomic_write
+from ptool_ops.local.cluster import (
+    DATABASE,
+    SUPERUSER,
+    LocalPaths,
+    LocalServer,
+    ServerState,
+    atomic_write,
+)
 from ptool_ops.local.facts import LocalFacts, LocalSecrets
 
 if TYPE_CHECKING:
@@ -108,7 +115,7 @@ class LocalEnvironment:
             )
         fresh = LocalSecrets.generate()
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.paths.secrets, fresh.to_json(), mode=0o600)
+        atomic_write(self.paths.secrets, fresh.to_json(), mode=0o600)
         return fresh
 
     def up(
@@ -249,14 +256,25 @@ class LocalEnvironment:
             self.server.destroy()
 
     def _write_pgpass(self, creds: LocalSecrets) -> None:
-        port = self.server.state().port
+        write_pgpass(self.paths, self.server.state().port, creds)
 
-        def esc(value: str) -> str:
-            return value.replace("\\", "\\\\").replace(":", "\\:")
 
-        lines = [
-            f"127.0.0.1:{port}:*:{esc(r)}:{esc(p)}"
-            for r, p in creds.passwords.items()
-            if r != SUPERUSER
-        ]
-        _atomic_write(self.paths.pgpass, "\n".join(lines) + "\n", mode=0o600)
+def write_pgpass(paths: LocalPaths, port: int | None, creds: LocalSecrets) -> None:
+    """The passwords in libpq's passfile format, for psql (0600)."""
+
+    def esc(value: str) -> str:
+        return value.replace("\\", "\\\\").replace(":", "\\:")
+
+    lines = [
+        f"127.0.0.1:{port}:*:{esc(r)}:{esc(p)}"
+        for r, p in creds.passwords.items()
+        if r != SUPERUSER
+    ]
+    atomic_write(paths.pgpass, "\n".join(lines) + "\n", mode=0o600)
+
+
+def write_secrets(paths: LocalPaths, port: int | None, creds: LocalSecrets) -> None:
+    """Replace ``secrets.json`` (atomically, 0600) and the pgpass file with ``creds``: what a
+    rotation's local consumer does, as a deployment's variables are set elsewhere."""
+    atomic_write(paths.secrets, creds.to_json(), mode=0o600)
+    write_pgpass(paths, port, creds)

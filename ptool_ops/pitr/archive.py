@@ -41,6 +41,20 @@ HISTORY = re.compile(r"^([0-9A-F]{8})\.history$")
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")
 
 
+def current_timeline(conn: Any) -> int:
+    """The timeline the server behind ``conn`` writes WAL on: a promoted server's control
+    file names the old timeline until its first checkpoint, its current WAL file's name
+    does not (in recovery: the control file's)."""
+    row = conn.execute(
+        "SELECT CASE WHEN pg_catalog.pg_is_in_recovery()"
+        " THEN (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())"
+        " ELSE ('x' || substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8))"
+        "::bit(32)::int END"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def prefix(archive: str = LIVE) -> str:
     return f"{ROOT}/{archive.strip('/')}"
 

@@ -6,7 +6,7 @@ Layout::
     pitr/base/<id>/backup_manifest.zst     PostgreSQL's own manifest (an incremental's parent)
     pitr/base/<id>/manifest.json           ours, written last: a base backup without it is
                                            incomplete and never chosen
-    pitr/base/<id>/lease.json              while it runs (prune leaves it alone)
+    pitr/base/<id>/lease.json              while it runs (prune deletes nothing meanwhile)
 
 ``--incremental`` (PostgreSQL 17+, ``summarize_wal = on``) hands pg_basebackup the newest
 complete base backup's ``backup_manifest``: only blocks changed since are sent, and a
@@ -39,6 +39,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, cast
 from ptool_ops import pg, privileges
 from ptool_ops.audit import audited
 from ptool_ops.errors import ConfigError, OperationFailed, PtoolError
+from ptool_ops.pitr import archive, locks
 from ptool_ops.pitr.target import format_lsn, parse_lsn
 from ptool_ops.repo.errors import UnreadableManifest
 from ptool_ops.repo.lease import Lease
@@ -139,11 +140,10 @@ def list_base_backups(repo: Repository) -> list[BaseBackupManifest]:
 def _server(conn: Any) -> tuple[str, int, int]:
     row = conn.execute(
         "SELECT (SELECT system_identifier::text FROM pg_catalog.pg_control_system()),"
-        " current_setting('server_version_num')::int,"
-        " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())"
+        " current_setting('server_version_num')::int"
     ).fetchone()
     assert row is not None
-    return str(row[0]), int(row[1]), int(row[2])
+    return str(row[0]), int(row[1]), archive.current_timeline(conn)
 
 
 class _Reader:
@@ -242,7 +242,7 @@ def base_backup(
     kind: Literal["full", "incremental"] = "incremental" if incremental else "full"
     backup_id = new_id(kind)
     report: Progress = progress or (lambda phase, done, total: None)
-    lease = Lease(repo.storage, f"{base_dir(backup_id)}/lease.json", "pitr base-backup")
+    lease = Lease(repo.storage, locks.base_lease_key(backup_id), "pitr base-backup")
     step = "preflight"
     with audited(
         env,
@@ -253,6 +253,11 @@ def base_backup(
         try:
             clock = time.monotonic()
             started = datetime.now(UTC)
+            # held before the parent is chosen: a prune keeps what a running backup uses
+            lease.create()
+            step = "waiting for a running prune"
+            locks.wait_for_prune(repo, f"base backup {backup_id}")
+            step = "preflight"
             with login.connect(autocommit=True) as conn:
                 privileges.require(conn, "pitr.base_backup")
                 facts = pg.server_facts(conn)
@@ -304,7 +309,6 @@ def base_backup(
                     step = "fetching the parent's manifest"
                     args.append(f"--incremental={_parent_manifest(repo, parent, work)}")
                 step = "streaming pg_basebackup"
-                lease.create()
                 report("streaming", 0, facts.size_bytes)
                 tar = repo.write_object(
                     f"{prefix}/base.tar.zst",

@@ -41,8 +41,9 @@ from ptool_ops.errors import (
     Refused,
     UsageError,
 )
-from ptool_ops.pitr import archive, base, commands, window
+from ptool_ops.pitr import archive, base, commands, locks, window
 from ptool_ops.pitr.target import Target, format_lsn
+from ptool_ops.repo.lease import Lease, holding
 
 if TYPE_CHECKING:
     from ptool_ops.environment import Environment
@@ -239,6 +240,15 @@ def _server(root: Path) -> LocalServer:
     return LocalServer(root)
 
 
+def _share_archive(repo: Repository, server: LocalServer) -> None:
+    """A file repository's ``pitr/restores`` must be the server's to write (its archive
+    goes there); a prune that removed the last restored archive removed the directory."""
+    from ptool_ops.repo.file import FileStorage
+
+    if isinstance(repo.storage, FileStorage):
+        server.share_with_server(repo.storage.root / locks.RESTORES)
+
+
 def _key_file(env: Environment, root: Path, server: LocalServer) -> Path | None:
     key = env.backup_key()
     return server.write_key_file(root / "wal.key", key) if key is not None else None
@@ -398,17 +408,39 @@ def restore(
 ) -> RestoreResult:
     """Restore the environment's server to ``target`` into a new data directory."""
     from ptool_ops.backup.listing import new_id
-    from ptool_ops.booking.invariants import run_invariants
-    from ptool_ops.local.cluster import _free_port
-    from ptool_ops.pitr.compare import compare
 
     report: Progress = progress or (lambda phase, detail: None)
     repo = env.repository()
-    the_plan = plan(repo, target)
     restore_id = new_id()
     root = restores_dir(env) / restore_id
     if root.exists():
         raise UsageError(f"{root} already exists.", hint="Run the command again.")
+    # held until the copy has reached its target: a prune deletes nothing meanwhile (the
+    # plan's chain and WAL); written before the plan is made, so the plan stays true
+    lease = Lease(repo.storage, locks.restore_lease_key(restore_id), "pitr restore")
+    with holding(lease.create()):
+        locks.wait_for_prune(repo, f"restore {restore_id}")
+        return _restore(
+            env, repo, target, restore_id, root, promote, timeout_s, compare_live, report
+        )
+
+
+def _restore(
+    env: Environment,
+    repo: Repository,
+    target: Target,
+    restore_id: str,
+    root: Path,
+    promote: bool,
+    timeout_s: float,
+    compare_live: bool,
+    report: Progress,
+) -> RestoreResult:
+    from ptool_ops.booking.invariants import run_invariants
+    from ptool_ops.local.cluster import _free_port
+    from ptool_ops.pitr.compare import compare
+
+    the_plan = plan(repo, target)
     clocks: dict[str, float] = {}
     with audited(
         env,
@@ -431,6 +463,7 @@ def restore(
         clocks["fetch"] = round(time.monotonic() - started, 3)
         key_file = _key_file(env, root, server)
         server.share_with_server(root / "spool")  # the prefetcher runs as the server's user
+        _share_archive(repo, server)
         server.archive_command = commands.archive_command(
             repo.url, key_file=key_file, archive_name=archive.restore_archive(restore_id)
         )
@@ -502,7 +535,7 @@ def restore(
 def _write_state(
     root: Path, restore_id: str, env: Environment, plan_: Plan, port: int, state: str
 ) -> None:
-    from ptool_ops.local.cluster import _atomic_write
+    from ptool_ops.local.cluster import atomic_write
 
     data = {
         "id": restore_id,
@@ -513,7 +546,7 @@ def _write_state(
         "archive": archive.restore_archive(restore_id),
         "updated_at": datetime.now(UTC).isoformat(),
     }
-    _atomic_write(root / STATE_FILE, json.dumps(data, indent=2) + "\n", mode=0o644)
+    atomic_write(root / STATE_FILE, json.dumps(data, indent=2) + "\n", mode=0o644)
 
 
 def find_copy(env: Environment, restore_id: str) -> tuple[Path, dict[str, Any]]:
@@ -528,6 +561,20 @@ def find_copy(env: Environment, restore_id: str) -> tuple[Path, dict[str, Any]]:
     return root, data
 
 
+def refuse_while_replaying(conn: Any, restore_id: str) -> None:
+    """A copy still replaying towards its target (not paused there) must not be promoted:
+    recovery would end short of the target."""
+    row = conn.execute(
+        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_get_wal_replay_pause_state() END"
+    ).fetchone()
+    if row is not None and row[0] is not None and row[0] != "paused":
+        raise Refused(
+            f"the restored copy {restore_id} is still replaying WAL towards its target; "
+            "ending recovery now would stop it short.",
+            hint="Wait until 'ptool-ops pitr restore' reports it paused at the target.",
+        )
+
+
 def promote(env: Environment, restore_id: str, *, timeout_s: float = 120.0) -> dict[str, Any]:
     """End recovery of a restored copy: it becomes a writable server on a new timeline
     (archiving into its own archive). Live is not touched."""
@@ -539,6 +586,8 @@ def promote(env: Environment, restore_id: str, *, timeout_s: float = 120.0) -> d
             hint=f"Start it with pg_ctl -D {server.paths.pgdata} start, or restore again.",
         )
     url = _copy_url(env, int(data["port"]))
+    with pg.connect(url) as conn:
+        refuse_while_replaying(conn, restore_id)
     with audited(
         env,
         "pitr.promote",
@@ -547,32 +596,73 @@ def promote(env: Environment, restore_id: str, *, timeout_s: float = 120.0) -> d
     ):
         server._pg_ctl("promote", "-w", "-t", str(int(timeout_s)))
         with pg.connect(url) as conn:
-            row = conn.execute(
-                "SELECT pg_is_in_recovery(),"
-                " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())"
-            ).fetchone()
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            timeline = archive.current_timeline(conn)
         assert row is not None
         data["state"] = "promoted" if not row[0] else "recovering"
-        data["timeline"] = int(row[1])
-        from ptool_ops.local.cluster import _atomic_write
+        data["timeline"] = timeline
+        from ptool_ops.local.cluster import atomic_write
 
-        _atomic_write(root / STATE_FILE, json.dumps(data, indent=2) + "\n", mode=0o644)
+        atomic_write(root / STATE_FILE, json.dumps(data, indent=2) + "\n", mode=0o644)
     return data
 
 
+def retire(repo: Repository, restore_id: str, reason: str) -> bool:
+    """Mark a restored copy's archive ``pitr/restores/<id>/`` as no longer needed, so
+    'pitr prune' may delete it; False when the repository could not be written."""
+    from ptool_ops.errors import PtoolError
+
+    try:
+        repo.put_json(
+            locks.retired_key(restore_id),
+            {"id": restore_id, "reason": reason, "at": datetime.now(UTC).isoformat()},
+        )
+    except PtoolError:
+        return False
+    return True
+
+
+_RESTORE_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}$")
+
+
 def drop(env: Environment, restore_id: str) -> dict[str, Any]:
-    """Stop a restored copy and delete its directory (its archive prefix stays)."""
-    root, _data = find_copy(env, restore_id)
+    """Stop a restored copy, mark its archive prefix retired (prune deletes it then) and
+    delete its directory. A copy that is not on this machine but whose archive prefix is
+    in the repository only gets the mark: the operator says it is gone."""
+    repo = env.repository()
+    try:
+        root, data = find_copy(env, restore_id)
+    except ConfigError:
+        if not _RESTORE_ID.match(restore_id) or not any(
+            repo.storage.list(f"{locks.restore_prefix(restore_id)}/")
+        ):
+            raise
+        with audited(
+            env,
+            "pitr.drop",
+            {"restore_id": restore_id, "data_dir": None},
+            done=lambda: f"the archive of copy {restore_id} was marked for prune",
+        ):
+            if not retire(repo, restore_id, "dropped"):
+                raise OperationFailed(
+                    f"cannot mark {repo.url}/{locks.restore_prefix(restore_id)}/ as retired.",
+                    hint="Check the repository and run 'ptool-ops pitr drop' again.",
+                ) from None
+        return {"id": restore_id, "removed": None, "archive_retired": True}
     server = _server(root)
     with audited(
         env,
         "pitr.drop",
         {"restore_id": restore_id, "data_dir": str(root)},
         done=lambda: f"the copy {restore_id} was removed",
-    ):
+    ) as entry:
         server.stop("immediate")
+        # after the stop: nothing archives into the prefix any more (a copy that replaced
+        # live was retired then)
+        retired = data.get("state") == "replaced" or retire(repo, restore_id, "dropped")
+        entry.details["archive_retired"] = retired
         shutil.rmtree(root)
-    return {"id": restore_id, "removed": str(root)}
+    return {"id": restore_id, "removed": str(root), "archive_retired": retired}
 
 
 def mark(env: Environment, name: str) -> dict[str, Any]:
@@ -598,11 +688,10 @@ def mark(env: Environment, name: str) -> dict[str, Any]:
         with login.connect(autocommit=True, dbname="postgres") as conn:
             privileges.require(conn, "pitr.mark")
             row = conn.execute(
-                "SELECT pg_create_restore_point(%s)::text, now(),"
-                " (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())",
-                (name,),
+                "SELECT pg_create_restore_point(%s)::text, now()", (name,)
             ).fetchone()
             assert row is not None
+            timeline = archive.current_timeline(conn)
             conn.execute("SELECT pg_switch_wal()")
         from ptool_ops.pitr.target import parse_lsn
 
@@ -611,7 +700,7 @@ def mark(env: Environment, name: str) -> dict[str, Any]:
             "lsn": parse_lsn(str(row[0])),
             "lsn_text": str(row[0]),
             "time": row[1].isoformat(),
-            "timeline": int(row[2]),
+            "timeline": timeline,
         }
         repo.put_json(point_key(name), point)
         entry.details.update(point)

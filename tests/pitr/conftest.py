@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,20 @@ class PitrEnv:
     def switch_wal(self) -> None:
         with self.owner("postgres") as conn:
             conn.execute("SELECT pg_switch_wal()")
+
+    def wait_archived(self, timeout: float = 30) -> None:
+        """Switch the WAL segment and wait until the archiver has it (PostgreSQL's own
+        counters; a switch with nothing written closes none: then the one before)."""
+        deadline = time.monotonic() + timeout
+        with self.owner("postgres") as conn:
+            closed = conn.execute("SELECT pg_walfile_name(pg_switch_wal() - 1)").fetchone()
+            assert closed is not None
+            while time.monotonic() < deadline:
+                row = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
+                if row and row[0] and row[0] >= closed[0]:
+                    return
+                time.sleep(0.2)
+        raise AssertionError("the archiver did not catch up")
 
     def configure(self, cli: Cli) -> Cli:
         cli.write_config(f'[environments.local]\nlocal_dir = "{self.local}"\n')

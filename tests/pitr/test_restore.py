@@ -32,19 +32,7 @@ class Scenario:
 
 
 def _wait_archived(pitr_env: PitrEnv, timeout: float = 30) -> None:
-    """Until the archiver has nothing left to do (PostgreSQL's own counters)."""
-    deadline = time.monotonic() + timeout
-    with pitr_env.owner("postgres") as conn:
-        # the segment the switch closed (a switch with nothing written closes none: then
-        # the one before, archived already)
-        lsn = conn.execute("SELECT pg_walfile_name(pg_switch_wal() - 1)").fetchone()
-        assert lsn is not None
-        while time.monotonic() < deadline:
-            row = conn.execute("SELECT last_archived_wal FROM pg_stat_archiver").fetchone()
-            if row and row[0] and row[0] >= lsn[0]:
-                return
-            time.sleep(0.2)
-    raise AssertionError("the archiver did not catch up")
+    pitr_env.wait_archived(timeout)
 
 
 def _tenant_insert(conn: psycopg.Connection[Any], slug: str) -> None:
