@@ -136,14 +136,18 @@ class Environment:
             aws_region=self.settings.aws_region,
             aws_endpoint_url=self.settings.aws_endpoint_url,
         )
-        raw = resolved.get_secret_value()
-        self._on_secret(raw)
-        from ptool_ops.settings import url_passwords
-
-        for password in url_passwords(raw):
-            self._on_secret(password)
+        self.mark_secret(resolved.get_secret_value())
         self._resolved[ref] = resolved
         return resolved
+
+    def mark_secret(self, value: str) -> None:
+        """Hand a secret value (and, for a URL, its password) to the redactor before anything
+        can print it: for values a command reads or makes itself, e.g. a rotation's."""
+        from ptool_ops.settings import url_passwords
+
+        self._on_secret(value)
+        for password in url_passwords(value):
+            self._on_secret(password)
 
     # --- the database --------------------------------------------------------------------
 

@@ -25,6 +25,9 @@ Exit codes (documented in README.md — keep the two in step):
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70
@@ -137,3 +140,11 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERNAL: "internal error (bug)",
     EXIT_INTERRUPTED: "interrupted",
 }
+
+
+def quoted_forms(values: Iterable[str]) -> list[str]:
+    """How secret ``values`` show up in an error's text: as given, and as a JSON string quotes
+    them (a service echoing its input). Empty values are left out; longest first, so masking
+    one never leaves part of a longer one behind."""
+    forms = {form for value in values if value for form in (value, json.dumps(value)[1:-1])}
+    return sorted(forms, key=len, reverse=True)

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from ptool_ops.errors import ConfigError
 from ptool_ops.privileges.model import BACKUP, MIGRATOR, OWNER
+from ptool_ops.secrets.spec import ManagedSecret
 
 ENV_PREFIX = "PTOOL_"
 CONFIG_FILE = "ptool-ops.toml"
@@ -85,9 +86,13 @@ class EnvironmentSettings(BaseSettings):
     railway_environment_id: str | None = None
     railway_service_id: str | None = None
     railway_token: SecretStr | None = None
+    railway_api_url: str = Field(
+        default="https://backboard.railway.com/graphql/v2", description="Railway's GraphQL API."
+    )
     vercel_project_id: str | None = None
     vercel_team_id: str | None = None
     vercel_token: SecretStr | None = None
+    vercel_api_url: str = Field(default="https://api.vercel.com", description="Vercel's API.")
     database_host: str | None = Field(
         default=None,
         description="Database host, for display (the URL comes from database_url/_secret).",
@@ -163,6 +168,29 @@ class EnvironmentSettings(BaseSettings):
         default=30.0, ge=0, description="migrate: how long the API may take to be ready."
     )
 
+    secrets: dict[str, ManagedSecret] = Field(
+        default_factory=dict,
+        description="secrets: the managed secrets, one [environments.<env>.secrets.<name>]"
+        " table each (kind, roles, store, consumers); local has its own by default.",
+    )
+    secret_revoke_grace_s: float = Field(
+        default=3600.0,
+        ge=0,
+        description="secrets revoke-previous: how long after a rotation the previous"
+        " credential stays valid; longer than consumers' drain time and pool lifetime.",
+    )
+    secret_max_age_days: float = Field(
+        default=90.0, gt=0, description="secrets status: a secret older than this is due."
+    )
+    secret_deploy_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="secrets rotate: how long a consumer's redeploy may take to be healthy.",
+    )
+    secret_deploy_poll_s: float = Field(
+        default=5.0, gt=0, description="secrets rotate: how often a redeploy's state is read."
+    )
+
     @field_validator("database_url", "migrator_url", "backup_url")
     @classmethod
     def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -187,6 +215,16 @@ class EnvironmentSettings(BaseSettings):
             parse_ref(value)
         return value
 
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, ManagedSecret]) -> dict[str, ManagedSecret]:
+        import re
+
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+                raise ValueError(f"secret name {name!r} must be lower-case letters, digits, - or _")
+        return value
+
     @field_validator("repo_url")
     @classmethod
     def _repo_url(cls, value: str | None) -> str | None:
@@ -194,7 +232,9 @@ class EnvironmentSettings(BaseSettings):
             raise ValueError("must start with s3:// or file://")
         return value
 
-    @field_validator("api_url", "neon_api_url", "aws_endpoint_url")
+    @field_validator(
+        "api_url", "neon_api_url", "railway_api_url", "vercel_api_url", "aws_endpoint_url"
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -208,6 +248,15 @@ class EnvironmentSettings(BaseSettings):
     @property
     def needs_confirmation(self) -> bool:
         return self.protected if self.protected is not None else self.name == "prod"
+
+    def managed_secrets(self) -> dict[str, ManagedSecret]:
+        """The managed secrets: the declared ones; the local environment's own when it
+        declares none."""
+        if self.secrets or not self.is_local:
+            return dict(self.secrets)
+        from ptool_ops.secrets.spec import local_secrets
+
+        return local_secrets(Path(self.local_dir))
 
     def secret_values(self) -> list[str]:
         """Every secret value these settings hold, for the redactor."""

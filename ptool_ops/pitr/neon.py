@@ -106,15 +106,9 @@ def _redacted(uri: SecretStr) -> str:
 
 
 def _register_secret(env: Environment, uri: SecretStr) -> None:
-    """Hand a connection string and its password to the environment's redactor (the
-    ``on_secret`` hook the CLI gives the Environment) before anything can print them."""
-    from ptool_ops.settings import url_passwords
-
-    raw = uri.get_secret_value()
-    # Environment has no public hook yet; _on_secret is what its own secret references use
-    env._on_secret(raw)
-    for password in url_passwords(raw):
-        env._on_secret(password)
+    """Hand a connection string and its password to the environment's redactor before
+    anything can print them."""
+    env.mark_secret(uri.get_secret_value())
 
 
 def _note(err: PtoolError, text: str) -> PtoolError:

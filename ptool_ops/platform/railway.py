@@ -2,7 +2,9 @@
 
 Covers what the stacks and the operations code need: projects, environments (including
 ephemeral PR environments), services, service instance settings (health check, overlap and
-draining seconds for zero-downtime deploys), variables, service domains, and redeploys.
+draining seconds for zero-downtime deploys), variables, service domains, redeploys, and
+deployment status (``wait_for_deployment`` polls a redeploy until Railway's verdict, as
+``railway up`` does: SUCCESS is done, FAILED/CRASHED/REMOVED/SKIPPED are failures).
 
 Operation documents follow the signatures of Railway's schema as the Railway CLI uses them
 (``railwayapp/cli:src/gql``; see ``shared/reference/railway-api.md``). GraphQL errors
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from ptool_ops.errors import ConfigError, OperationFailed
+from ptool_ops.errors import ConfigError, OperationFailed, PtoolError, quoted_forms
 from ptool_ops.platform._http import Backoff, HttpClient, NotFound, send, tls_context
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ __all__ = [
     "Backoff",
     "NotFound",
     "RailwayClient",
+    "RailwayDeployment",
     "RailwayEnvironment",
     "RailwayProject",
     "RailwayService",
@@ -64,6 +67,30 @@ class RailwayProject(_Model):
 class ServiceDomain(_Model):
     id: str
     domain: str
+
+
+#: ``DeploymentStatus`` values (railwayapp/cli ``schema.json``) by verdict; any other value
+#: (BUILDING, DEPLOYING, INITIALIZING, QUEUED, WAITING, NEEDS_APPROVAL, ...) is still going
+DEPLOYMENT_SUCCEEDED = frozenset({"SUCCESS", "SLEEPING"})  # sleeping: it started, then idled
+DEPLOYMENT_FAILED = frozenset({"FAILED", "CRASHED", "REMOVED", "REMOVING", "SKIPPED"})
+
+
+class RailwayDeployment(_Model):
+    id: str
+    status: str
+    created_at: str | None = Field(default=None, alias="createdAt")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status in DEPLOYMENT_SUCCEEDED
+
+    @property
+    def failed(self) -> bool:
+        return self.status in DEPLOYMENT_FAILED
+
+    @property
+    def finished(self) -> bool:
+        return self.succeeded or self.failed
 
 
 class ServiceInstanceSettings(BaseModel):
@@ -122,6 +149,7 @@ class RailwayClient(HttpClient):
         backoff: Backoff | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         value = token.get_secret_value() if isinstance(token, SecretStr) else token
         if not value:
@@ -137,6 +165,7 @@ class RailwayClient(HttpClient):
         self.base_url = base_url
         self.backoff = backoff or Backoff()
         self._sleep = sleep
+        self._clock = clock
         self._http = httpx.Client(
             headers=header, timeout=timeout, transport=transport, verify=tls_context()
         )
@@ -148,6 +177,7 @@ class RailwayClient(HttpClient):
                 f"environment {settings.name!r} has no railway_token.",
                 hint="Set PTOOL_RAILWAY_TOKEN (or railway_token in ptool-ops.toml).",
             )
+        kwargs.setdefault("base_url", settings.railway_api_url)
         return cls(settings.railway_token, **kwargs)
 
     def execute(self, document: str, variables: Mapping[str, Any], *, what: str) -> dict[str, Any]:
@@ -346,6 +376,88 @@ class RailwayClient(HttpClient):
             what=f"redeploy service {service_id}",
         )
 
+    # -- deployments ----------------------------------------------------------------------
+
+    def latest_deployment(
+        self, project_id: str, environment_id: str, service_id: str
+    ) -> RailwayDeployment | None:
+        """The service's newest deployment in the environment, if it has any."""
+        data = self.execute(
+            "query deployments($input: DeploymentListInput!, $first: Int) "
+            "{ deployments(input: $input, first: $first) "
+            "{ edges { node { id status createdAt } } } }",
+            {
+                "input": {
+                    "projectId": project_id,
+                    "environmentId": environment_id,
+                    "serviceId": service_id,
+                },
+                "first": 1,
+            },
+            what=f"list the deployments of service {service_id}",
+        )
+        nodes = _edges(data["deployments"])
+        return RailwayDeployment.model_validate(nodes[0]) if nodes else None
+
+    def get_deployment(self, deployment_id: str) -> RailwayDeployment:
+        data = self.execute(
+            "query deployment($id: String!) { deployment(id: $id) { id status createdAt } }",
+            {"id": deployment_id},
+            what=f"read deployment {deployment_id}",
+        )
+        return RailwayDeployment.model_validate(data["deployment"])
+
+    def wait_for_deployment(
+        self,
+        project_id: str,
+        environment_id: str,
+        service_id: str,
+        *,
+        after: str | None = None,
+        timeout_s: float = 600.0,
+        interval_s: float = 5.0,
+        on_status: Callable[[RailwayDeployment], None] | None = None,
+    ) -> RailwayDeployment:
+        """Wait for the service's newest deployment other than ``after`` (the one that was
+        newest before a redeploy) to finish; return it, succeeded or failed.
+
+        ``on_status`` hears every status change. If no new deployment appears, or it has
+        not finished, within ``timeout_s``, raise ``OperationFailed`` whose ``details``
+        hold ``timed_out``, ``deployment_id`` (or None) and ``status``.
+        """
+        start = self._clock()
+        seen: RailwayDeployment | None = None
+        while True:
+            if seen is None:
+                newest = self.latest_deployment(project_id, environment_id, service_id)
+                current = newest if newest is not None and newest.id != after else None
+            else:
+                current = self.get_deployment(seen.id)
+            if current is not None:
+                if on_status is not None and (seen is None or seen.status != current.status):
+                    on_status(current)
+                seen = current
+                if current.finished:
+                    return current
+            waited = self._clock() - start
+            if waited >= timeout_s:
+                what = (
+                    f"deployment {seen.id} of service {service_id} is still {seen.status}"
+                    if seen
+                    else f"no new deployment of service {service_id} appeared"
+                )
+                raise OperationFailed(
+                    f"Railway {what} after {waited:.0f} s.",
+                    hint="Look at the deployment in Railway; raise the timeout if builds are slow.",
+                    details={
+                        "timed_out": True,
+                        "deployment_id": seen.id if seen else None,
+                        "status": seen.status if seen else None,
+                        "waited_s": round(waited, 1),
+                    },
+                )
+            self._sleep(max(min(interval_s, timeout_s - waited), 0.0))
+
     # -- variables ------------------------------------------------------------------------
 
     def get_variables(
@@ -380,12 +492,26 @@ class RailwayClient(HttpClient):
         }
         if service_id:
             payload["serviceId"] = service_id
-        self.execute(
-            "mutation variableCollectionUpsert($input: VariableCollectionUpsertInput!) "
-            "{ variableCollectionUpsert(input: $input) }",
-            {"input": payload},
-            what=f"set {len(variables)} variable(s)",
-        )
+        what = f"set {len(variables)} variable(s)"
+        try:
+            self.execute(
+                "mutation variableCollectionUpsert($input: VariableCollectionUpsertInput!) "
+                "{ variableCollectionUpsert(input: $input) }",
+                {"input": payload},
+                what=what,
+            )
+        except PtoolError as err:
+            # a GraphQL server that cannot coerce an input quotes it in its error
+            said = f"{err.message} {err.hint}"
+            if not any(form in said for form in quoted_forms(variables.values())):
+                raise
+            withheld = type(err)(
+                f"Railway could not {what} (its answer quoted a value and is withheld).",
+                hint=err.hint,
+            )
+        else:
+            return
+        raise withheld
 
     def delete_variable(
         self, project_id: str, environment_id: str, name: str, *, service_id: str | None = None

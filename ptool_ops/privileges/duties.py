@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptool_ops.errors import PermissionDenied
 from ptool_ops.privileges.model import (
+    APP_LOGINS,
     BACKUP,
     DATA_SCHEMAS,
     MIGRATOR,
@@ -17,6 +18,9 @@ from ptool_ops.privileges.model import (
 
 if TYPE_CHECKING:
     import psycopg
+
+#: the logins whose passwords ``secrets rotate`` changes (the stacks' defaults)
+ROTATED_ROLES: tuple[str, ...] = (*APP_LOGINS, MIGRATOR)
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,19 @@ NEEDS: dict[str, Need] = {
             "ALTER ROLE {role} REPLICATION",
         ),
         Need(
+            "manage_passwords",
+            "CREATEROLE and ADMIN OPTION on the rotated roles",
+            "changes the password of a login it does not own (PostgreSQL 16+ asks for"
+            " CREATEROLE and ADMIN OPTION on that role)",
+            "SELECT m.name FROM unnest(%(managed)s::text[]) AS m(name)"
+            " JOIN pg_catalog.pg_roles r ON r.rolname = m.name"
+            " WHERE NOT (SELECT c.rolsuper OR (c.rolcreaterole AND pg_catalog.pg_has_role("
+            "c.oid, r.oid, 'MEMBER WITH ADMIN OPTION')) FROM pg_catalog.pg_roles c"
+            " WHERE c.rolname = current_user)",
+            "GRANT {objects} TO {role} WITH ADMIN OPTION (as their creator or a superuser;"
+            " {role} needs CREATEROLE too)",
+        ),
+        Need(
             "mark_restore_points",
             "EXECUTE on pg_create_restore_point(text) and pg_switch_wal() in the"
             " maintenance database postgres",
@@ -220,6 +237,12 @@ DUTIES: dict[str, Duty] = {
         Duty("pitr.base_backup", ("pitr base-backup",), OPERATOR, ("replication",)),
         Duty("pitr.mark", ("pitr mark",), OPERATOR, ("mark_restore_points",), "postgres"),
         Duty(
+            "secrets.rotate",
+            ("secrets rotate", "secrets rollback", "secrets revoke-previous"),
+            OPERATOR,
+            ("manage_passwords",),
+        ),
+        Duty(
             "pitr.restore",
             ("pitr restore", "pitr promote"),
             OPERATOR,
@@ -246,7 +269,11 @@ class Missing:
         )
 
     def fix(self, database: str) -> str:
-        return self.need.grant.format(role=_ident(self.role), database=_ident(database))
+        return self.need.grant.format(
+            role=_ident(self.role),
+            database=_ident(database),
+            objects=", ".join(_ident(o) if is_plain(o) else o for o in self.objects),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -279,7 +306,11 @@ class DutyCheck:
 
 
 def check(
-    conn: psycopg.Connection[Any], duty_name: str, *, skip: tuple[str, ...] = ()
+    conn: psycopg.Connection[Any],
+    duty_name: str,
+    *,
+    skip: tuple[str, ...] = (),
+    managed: tuple[str, ...] | None = None,
 ) -> DutyCheck:
     """Which of the duty's needs the current role lacks (reads the catalog only); ``skip``
     names needs the caller does not use this time."""
@@ -290,16 +321,27 @@ def check(
         if name in skip:
             continue
         need = NEEDS[name]
-        params = {"schemas": list(DATA_SCHEMAS), "owner": SCHEMA_OWNER}
+        params = {
+            "schemas": list(DATA_SCHEMAS),
+            "owner": SCHEMA_OWNER,
+            "managed": list(managed if managed is not None else ROTATED_ROLES),
+        }
         rows = conn.execute(need.missing, params).fetchall()
         if rows:
             result.missing.append(Missing(need, [str(r[0]) for r in rows], login))
     return result
 
 
-def require(conn: psycopg.Connection[Any], duty_name: str, *, skip: tuple[str, ...] = ()) -> None:
-    """Raise :class:`PermissionDenied` naming the first missing privilege and its grant."""
-    result = check(conn, duty_name, skip=skip)
+def require(
+    conn: psycopg.Connection[Any],
+    duty_name: str,
+    *,
+    skip: tuple[str, ...] = (),
+    managed: tuple[str, ...] | None = None,
+) -> None:
+    """Raise :class:`PermissionDenied` naming the first missing privilege and its grant
+    (``managed``: the roles a password duty changes, default :data:`ROTATED_ROLES`)."""
+    result = check(conn, duty_name, skip=skip, managed=managed)
     if result.ok:
         return
     first = result.missing[0]

@@ -96,7 +96,14 @@ def _pick(ref: SecretRef, text: str) -> str:
         password = quote(str(document["password"]), safe="")
         port = document.get("port", 5432)
         dbname = quote(str(document.get("dbname", "postgres")), safe="")
-        return f"postgresql://{user}:{password}@{document['host']}:{port}/{dbname}"
+        host = str(document["host"])
+        # a credential for a remote server (Neon) is used over TLS, as libpq's default
+        # 'prefer' would not insist on
+        sslmode = document.get("sslmode") or (
+            None if host in {"localhost", "127.0.0.1", "::1"} else "require"
+        )
+        query = f"?sslmode={quote(str(sslmode), safe='')}" if sslmode else ""
+        return f"postgresql://{user}:{password}@{host}:{port}/{dbname}{query}"
     raise ConfigError(
         f"secret {ref} is JSON without username/password/host; name a key with {ref}#KEY."
     )

@@ -1,4 +1,5 @@
-"""Loopback fakes of the Neon API v2 and Railway's GraphQL API, real HTTP servers.
+"""Loopback fakes of the Neon API v2, Railway's GraphQL API and Vercel's REST API, real
+HTTP servers.
 
 * :class:`FakeNeon` keeps projects, branches, endpoints, roles, databases and operations in
   memory and **checks every request body and every response body against Neon's OpenAPI
@@ -20,9 +21,15 @@
 * :class:`FakeRailway` executes GraphQL documents with graphql-core against the subset of
   Railway's public schema that ptool-ops uses (signatures from ``railwayapp/cli``'s
   ``schema.json``, see ``shared/reference/railway-api.md``): a document with an unknown
-  field or a wrongly typed argument is rejected as Railway would reject it.
+  field or a wrongly typed argument is rejected as Railway would reject it. It keeps the
+  variables per service (``variables_of``, and ``upserts`` with the keys and flags of each
+  ``variableCollectionUpsert``) and deployments: ``serviceInstanceRedeploy`` (and an upsert
+  without ``skipDeploys``) starts one, whose status advances one step per read;
+  ``script_next_deployment(["BUILDING", "FAILED"])`` scripts the next one.
+* :class:`FakeVercel` answers the project-variable and deployment endpoints of Vercel's REST
+  API with their shapes (see its docstring).
 
-Both listen on 127.0.0.1 only.
+All listen on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -60,6 +67,9 @@ class _Refusal(Exception):
 def _handler(app: _App) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # headers and body go out in two writes: without TCP_NODELAY each answer on a
+        # kept-alive connection waits ~40 ms for the client's delayed ACK
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet
             return
@@ -735,6 +745,7 @@ _PROJECT_LIST_FIELDS = {
 RAILWAY_SDL = """
 scalar EnvironmentVariables
 scalar JSON
+scalar DateTime
 
 type Query {
   project(id: String!): Project!
@@ -744,6 +755,9 @@ type Query {
   variables(environmentId: String!, projectId: String!, serviceId: String,
     unrendered: Boolean): EnvironmentVariables!
   domains(environmentId: String!, projectId: String!, serviceId: String!): AllDomains!
+  deployments(after: String, before: String, first: Int, input: DeploymentListInput!,
+    last: Int): QueryDeploymentsConnection!
+  deployment(id: String!): Deployment!
 }
 
 type Mutation {
@@ -777,6 +791,15 @@ type ServiceInstance { id: String! serviceId: String! environmentId: String!
   healthcheckPath: String healthcheckTimeout: Int overlapSeconds: Int drainingSeconds: Int
   numReplicas: Int startCommand: String rootDirectory: String }
 type AllDomains { serviceDomains: [ServiceDomain!]! }
+enum DeploymentStatus { BUILDING CRASHED DEPLOYING FAILED INITIALIZING NEEDS_APPROVAL QUEUED
+  REMOVED REMOVING SKIPPED SLEEPING SUCCESS WAITING }
+type Deployment { id: ID! status: DeploymentStatus! createdAt: DateTime! updatedAt: DateTime!
+  projectId: String! environmentId: String! serviceId: String canRedeploy: Boolean!
+  staticUrl: String url: String }
+type PageInfo { hasNextPage: Boolean! hasPreviousPage: Boolean! startCursor: String
+  endCursor: String }
+type QueryDeploymentsConnection { edges: [QueryDeploymentsConnectionEdge!]! pageInfo: PageInfo! }
+type QueryDeploymentsConnectionEdge { cursor: String! node: Deployment! }
 type ServiceDomain { id: String! domain: String! environmentId: String! serviceId: String!
   targetPort: Int }
 
@@ -797,6 +820,9 @@ input VariableCollectionUpsertInput { projectId: String! environmentId: String!
 input VariableDeleteInput { projectId: String! environmentId: String! name: String!
   serviceId: String }
 input ServiceDomainCreateInput { environmentId: String! serviceId: String! targetPort: Int }
+input DeploymentStatusInput { in: [DeploymentStatus!] notIn: [DeploymentStatus!] }
+input DeploymentListInput { environmentId: String includeDeleted: Boolean projectId: String
+  serviceId: String status: DeploymentStatusInput }
 """
 
 
@@ -814,6 +840,11 @@ class FakeRailway:
         self.reset()
 
     def reset(self) -> None:
+        self._echo: str | None = None
+        self._script: list[str] | None = None
+        self.st_deployments: dict[str, dict[str, Any]] = {}  # in creation order
+        #: each variableCollectionUpsert as sent, its values replaced by the sorted keys
+        self.upserts: list[dict[str, Any]] = []
         self.st_projects: dict[str, dict[str, Any]] = {}
         self.st_environments: dict[str, dict[str, Any]] = {}
         self.st_services: dict[str, dict[str, Any]] = {}
@@ -828,6 +859,30 @@ class FakeRailway:
 
     def count(self, field: str) -> int:
         return self.calls.count(field)
+
+    def echo_error_next(self, field: str) -> None:
+        """Answer the next ``field`` with a GraphQL error quoting the request's variables,
+        as a server does when it cannot coerce an input."""
+        self._echo = field
+
+    def script_next_deployment(self, statuses: list[str]) -> None:
+        """The next deployment created takes ``statuses`` on successive reads (the last
+        stays); unscripted deployments go DEPLOYING → SUCCESS."""
+        self._script = list(statuses)
+
+    def add_deployment(self, service_id: str, environment_id: str, status: str = "SUCCESS") -> str:
+        """An existing deployment of the service (as left by an earlier deploy)."""
+        with self.lock:
+            return str(self._new_deployment(service_id, environment_id, [status])["id"])
+
+    def deployments_of(self, service_id: str, environment_id: str) -> list[dict[str, Any]]:
+        """The service's deployments in the environment, newest first."""
+        found = [
+            d
+            for d in self.st_deployments.values()
+            if d["serviceId"] == service_id and d["environmentId"] == environment_id
+        ]
+        return found[::-1]
 
     def handle(
         self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes
@@ -845,6 +900,10 @@ class FakeRailway:
         if problems:
             self.violations.extend(p.message for p in problems)
             return 400, {"errors": [{"message": p.message} for p in problems]}
+        if self._echo is not None and f"{self._echo}(" in request["query"]:
+            self._echo = None
+            quoted = json.dumps(request.get("variables"))
+            return 200, {"data": None, "errors": [{"message": f"Invalid input {quoted}"}]}
         with self.lock:
             result = graphql_sync(
                 self.schema,
@@ -987,7 +1046,65 @@ class FakeRailway:
 
     def serviceInstanceRedeploy(self, _info: Any, environmentId: str, serviceId: str) -> bool:
         self._instance(serviceId, environmentId)
+        script, self._script = self._script or ["DEPLOYING", "SUCCESS"], None
+        self._new_deployment(serviceId, environmentId, script)
         return True
+
+    def _new_deployment(
+        self, service_id: str, environment_id: str, statuses: list[str]
+    ) -> dict[str, Any]:
+        did = self._id()
+        self.st_deployments[did] = {
+            "id": did,
+            "projectId": self.st_services[service_id]["projectId"],
+            "environmentId": environment_id,
+            "serviceId": service_id,
+            "createdAt": _now(),
+            "updatedAt": _now(),
+            "canRedeploy": True,
+            "staticUrl": None,
+            "url": None,
+            "statuses": list(statuses),
+            "status": statuses[0],
+        }
+        return self.st_deployments[did]
+
+    def _read(self, deployment: dict[str, Any]) -> dict[str, Any]:
+        """The deployment as seen now; the next read sees its next scripted status."""
+        view = {k: v for k, v in deployment.items() if k != "statuses"}
+        if len(deployment["statuses"]) > 1:
+            deployment["statuses"].pop(0)
+        deployment["status"] = deployment["statuses"][0]
+        return view
+
+    def deployments(
+        self, _info: Any, input: dict[str, Any], first: int | None = None, **_page: Any
+    ) -> dict[str, Any]:
+        status = input.get("status") or {}
+        found = [
+            d
+            for d in reversed(self.st_deployments.values())
+            if all(
+                d[k] == input[k]
+                for k in ("projectId", "environmentId", "serviceId")
+                if input.get(k)
+            )
+            and ("in" not in status or d["status"] in status["in"])
+            and d["status"] not in status.get("notIn", [])
+        ]
+        page = found[:first] if first is not None else found
+        return {
+            "edges": [{"cursor": d["id"], "node": self._read(d)} for d in page],
+            "pageInfo": {
+                "hasNextPage": len(page) < len(found),
+                "hasPreviousPage": False,
+                "startCursor": page[0]["id"] if page else None,
+                "endCursor": page[-1]["id"] if page else None,
+            },
+        }
+
+    def deployment(self, _info: Any, id: str) -> dict[str, Any]:
+        return self._read(self._need(self.st_deployments, id, "Deployment"))
 
     def variables(
         self,
@@ -1010,6 +1127,10 @@ class FakeRailway:
         if input.get("replace"):
             current.clear()
         current.update({k: str(v) for k, v in input["variables"].items()})
+        self.upserts.append({**input, "variables": sorted(input["variables"])})
+        service_id = input.get("serviceId")
+        if service_id in self.st_services and not input.get("skipDeploys"):  # Railway deploys
+            self._new_deployment(service_id, input["environmentId"], ["DEPLOYING", "SUCCESS"])
         return True
 
     def variableDelete(self, _info: Any, input: dict[str, Any]) -> bool:
@@ -1048,3 +1169,319 @@ class FakeRailway:
         self._need(self.st_domains, id, "Domain")
         del self.st_domains[id]
         return True
+
+
+# -- Vercel -----------------------------------------------------------------------------
+
+VERCEL_TARGETS = frozenset({"production", "preview", "development"})
+VERCEL_ENV_TYPES = frozenset({"system", "secret", "encrypted", "plain", "sensitive"})
+VERCEL_READY_STATES = frozenset(
+    {"QUEUED", "BUILDING", "INITIALIZING", "READY", "ERROR", "CANCELED"}
+)
+
+
+def _vercel_error(status: int, code: str, message: str) -> tuple[int, dict[str, Any]]:
+    return status, {"error": {"code": code, "message": message}}
+
+
+class FakeVercel:
+    """Vercel's REST API for project variables and redeploys, as ``VercelClient`` uses it.
+
+    Checks the Bearer token (unknown → 403 ``forbidden`` with ``invalidToken``, as Vercel
+    answers), ``teamId`` when ``team_id`` is set, every query parameter and request body
+    against the shapes of Vercel's REST reference; a misshaped request is answered 400 and
+    recorded in ``violations``. Variables are kept per project with their plain value
+    (``env_of``); listing returns encrypted values as ciphertext and sensitive ones
+    without a value, as Vercel does. ``add_project``/``add_deployment`` seed state;
+    ``script_next_deployment(states)`` makes the next redeploy go through ``readyState``
+    ``states`` one read at a time (unscripted: BUILDING → READY); ``fail_next(status, n)``
+    answers the next ``n`` requests with ``status``.
+    """
+
+    url: str = ""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.tokens = {"vercel-test-token"}
+        self.team_id: str | None = None
+        self._ids = itertools.count(1)
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.projects: dict[str, dict[str, Any]] = {}
+            self.envs: dict[str, list[dict[str, Any]]] = {}
+            self.deployments: dict[str, dict[str, Any]] = {}  # in creation order
+            self.requests: list[tuple[str, str, dict[str, str]]] = []
+            self.redeploys: list[dict[str, Any]] = []  # request bodies of POST /v13/deployments
+            self.violations: list[str] = []
+            self._script: list[str] | None = None
+            self._fail: tuple[int, int] | None = None
+
+    # -- set-up and inspection ----------------------------------------------------------
+
+    def add_project(self, name: str) -> str:
+        with self.lock:
+            pid = f"prj_{next(self._ids):06d}"
+            self.projects[pid] = {"id": pid, "name": name}
+            self.envs[pid] = []
+            return pid
+
+    def add_deployment(
+        self, project_id: str, target: str | None = "production", state: str = "READY"
+    ) -> str:
+        assert state in VERCEL_READY_STATES, state
+        with self.lock:
+            return str(self._new_deployment(self.projects[project_id], target, [state])["id"])
+
+    def script_next_deployment(self, states: list[str]) -> None:
+        assert states and set(states) <= VERCEL_READY_STATES, states
+        self._script = list(states)
+
+    def fail_next(self, status: int, count: int = 1) -> None:
+        self._fail = (status, count)
+
+    def env_of(self, project_id: str) -> dict[tuple[str, str], tuple[str, str]]:
+        """``{(key, target): (type, plain value)}`` of the project's variables."""
+        return {
+            (env["key"], target): (env["type"], env["value"])
+            for env in self.envs[project_id]
+            for target in env["target"]
+        }
+
+    def count(self, method: str, prefix: str) -> int:
+        return sum(1 for m, p, _ in self.requests if m == method and p.startswith(prefix))
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def handle(
+        self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes
+    ) -> tuple[Any, ...] | None:
+        with self.lock:
+            self.requests.append((method, path, dict(query)))
+            if self._fail is not None:
+                status, left = self._fail
+                self._fail = (status, left - 1) if left > 1 else None
+                return _vercel_error(status, "scripted", f"scripted HTTP {status}")
+            token = headers.get("authorization", "")
+            if not token.startswith("Bearer ") or token.removeprefix("Bearer ") not in self.tokens:
+                status, answer = _vercel_error(403, "forbidden", "Not authorized")
+                answer["error"]["invalidToken"] = True
+                return status, answer
+            if self.team_id is not None and query.get("teamId") != self.team_id:
+                return _vercel_error(403, "forbidden", "Not authorized")
+            try:
+                payload = json.loads(body) if body else None
+            except ValueError:
+                return self._violation(f"{method} {path}: body is not JSON")
+            return self._route(method, path, query, payload)
+
+    def _violation(self, problem: str) -> tuple[int, dict[str, Any]]:
+        self.violations.append(problem)
+        return _vercel_error(400, "bad_request", problem)
+
+    def _allowed(self, query: dict[str, str], names: set[str]) -> str | None:
+        unknown = set(query) - names - {"teamId", "slug"}
+        return f"unknown query parameter(s) {sorted(unknown)}" if unknown else None
+
+    def _route(
+        self, method: str, path: str, query: dict[str, str], payload: Any
+    ) -> tuple[int, Any]:
+        parts = path.strip("/").split("/")
+        if method in ("GET", "POST") and parts[:2] == ["v10", "projects"] and parts[3:] == ["env"]:
+            project = self.projects.get(parts[2])
+            if project is None:
+                return _vercel_error(404, "not_found", "Project not found")
+            if method == "GET":
+                problem = self._allowed(query, {"decrypt", "gitBranch", "source"})
+                return self._violation(problem) if problem else self._list_env(project, query)
+            problem = self._allowed(query, {"upsert"})
+            return self._violation(problem) if problem else self._upsert(project, query, payload)
+        if method == "GET" and parts == ["v6", "deployments"]:
+            problem = self._allowed(
+                query,
+                {"app", "from", "limit", "projectId", "target", "to", "state", "since", "until"},
+            )
+            return self._violation(problem) if problem else self._list_deployments(query)
+        if method == "POST" and parts == ["v13", "deployments"]:
+            problem = self._allowed(query, {"forceNew", "skipAutoDetectionConfirmation"})
+            return self._violation(problem) if problem else self._redeploy(payload)
+        if method == "GET" and len(parts) == 3 and parts[:2] == ["v13", "deployments"]:
+            problem = self._allowed(query, {"withGitRepoInfo"})
+            if problem:
+                return self._violation(problem)
+            deployment = self.deployments.get(parts[2])
+            if deployment is None:
+                return _vercel_error(404, "not_found", "Deployment not found")
+            return 200, self._read(deployment)
+        return self._violation(f"{method} {path} is not an endpoint this fake knows")
+
+    # -- environment variables ----------------------------------------------------------
+
+    def _present(self, env: dict[str, Any], decrypt: bool) -> dict[str, Any]:
+        shown = {k: v for k, v in env.items() if k != "value"}
+        if env["type"] == "encrypted":
+            shown["value"] = (
+                env["value"] if decrypt else f"enc:{uuid.uuid5(uuid.NAMESPACE_OID, env['value'])}"
+            )
+            shown["decrypted"] = decrypt
+        elif env["type"] == "plain":
+            shown["value"] = env["value"]
+        return shown  # sensitive (and secret) values are never returned
+
+    def _list_env(self, project: dict[str, Any], query: dict[str, str]) -> tuple[int, Any]:
+        decrypt = query.get("decrypt") == "true"
+        return 200, {"envs": [self._present(e, decrypt) for e in self.envs[project["id"]]]}
+
+    def _upsert(
+        self, project: dict[str, Any], query: dict[str, str], payload: Any
+    ) -> tuple[int, Any]:
+        items = payload if isinstance(payload, list) else [payload]
+        for item in items:
+            problem = self._env_problem(item)
+            if problem:
+                return self._violation(f"POST /v10/projects/{project['id']}/env: {problem}")
+        created = []
+        for item in items:
+            envs = self.envs[project["id"]]
+            clash = [
+                e
+                for e in envs
+                if e["key"] == item["key"] and set(e["target"]) & set(item["target"])
+            ]
+            if clash and query.get("upsert") != "true":
+                return _vercel_error(
+                    400, "ENV_ALREADY_EXISTS", f"A variable named {item['key']} exists"
+                )
+            env = clash[0] if clash else {"id": f"env_{next(self._ids):06d}", "createdAt": 0}
+            if not clash:
+                envs.append(env)
+            env.update(
+                {
+                    "key": item["key"],
+                    "value": item["value"],
+                    "type": item["type"],
+                    "target": list(item["target"]),
+                    "updatedAt": 0,
+                }
+            )
+            created.append(self._present(env, decrypt=False))
+        return 201, {"created": created[0] if len(created) == 1 else created, "failed": []}
+
+    def _env_problem(self, item: Any) -> str | None:
+        if not isinstance(item, dict):
+            return "each variable must be an object"
+        missing = {"key", "value", "type"} - set(item)
+        if missing:
+            return f"missing {sorted(missing)}"
+        unknown = set(item) - {
+            "key",
+            "value",
+            "type",
+            "target",
+            "gitBranch",
+            "comment",
+            "customEnvironmentIds",
+        }
+        if unknown:
+            return f"unknown field(s) {sorted(unknown)}"
+        if item["type"] not in VERCEL_ENV_TYPES:
+            return f"type must be one of {sorted(VERCEL_ENV_TYPES)}"
+        if not isinstance(item["value"], str) or not isinstance(item["key"], str):
+            return "key and value must be strings"
+        target = item.get("target")
+        if not isinstance(target, list) or not target or not set(target) <= VERCEL_TARGETS:
+            return f"target must be a non-empty list of {sorted(VERCEL_TARGETS)}"
+        if item["type"] == "sensitive" and "development" in target:
+            return "sensitive variables cannot target development"
+        return None
+
+    # -- deployments --------------------------------------------------------------------
+
+    def _new_deployment(
+        self, project: dict[str, Any], target: str | None, states: list[str]
+    ) -> dict[str, Any]:
+        did = f"dpl_{next(self._ids):06d}"
+        self.deployments[did] = {
+            "id": did,
+            "name": project["name"],
+            "projectId": project["id"],
+            "url": f"{project['name']}-{did[-6:]}.vercel.app",
+            "target": target,
+            "createdAt": next(self._ids),
+            "states": list(states),
+            "readyState": states[0],
+            # what the build saw: Vercel bakes the variables in at deploy time
+            "env": {k: v for k, (_, v) in self.env_of(project["id"]).items() if k[1] == target},
+        }
+        return self.deployments[did]
+
+    def _read(self, deployment: dict[str, Any]) -> dict[str, Any]:
+        view = {k: v for k, v in deployment.items() if k not in ("states", "env")}
+        if len(deployment["states"]) > 1:
+            deployment["states"].pop(0)
+        deployment["readyState"] = deployment["states"][0]
+        return view
+
+    def _list_deployments(self, query: dict[str, str]) -> tuple[int, Any]:
+        try:
+            limit = int(query.get("limit", "20"))
+        except ValueError:
+            return self._violation("limit must be a number")
+        project = query.get("projectId")
+        if project is not None and project not in self.projects:
+            return _vercel_error(404, "not_found", "Project not found")
+        found = [
+            d
+            for d in reversed(self.deployments.values())
+            if (project is None or d["projectId"] == project)
+            and ("target" not in query or d["target"] == query["target"])
+        ][:limit]
+        listed = [
+            {
+                "uid": d["id"],
+                "name": d["name"],
+                "url": d["url"],
+                "created": d["createdAt"],
+                "createdAt": d["createdAt"],
+                "state": d["readyState"],
+                "readyState": d["readyState"],
+                "target": d["target"],
+                "meta": {},
+            }
+            for d in found
+        ]
+        return 200, {
+            "deployments": listed,
+            "pagination": {"count": len(listed), "next": None, "prev": None},
+        }
+
+    def _redeploy(self, payload: Any) -> tuple[int, Any]:
+        if not isinstance(payload, dict):
+            return self._violation("POST /v13/deployments: body must be an object")
+        unknown = set(payload) - {
+            "deploymentId",
+            "name",
+            "target",
+            "meta",
+            "customEnvironmentSlugOrId",
+            "project",
+        }
+        if unknown or not {"deploymentId", "name"} <= set(payload):
+            return self._violation(
+                f"POST /v13/deployments: unexpected body fields {sorted(payload)}"
+            )
+        if payload.get("meta") != {"action": "redeploy"}:
+            return self._violation("POST /v13/deployments: a redeploy carries meta.action=redeploy")
+        if payload.get("target") not in (None, "production"):
+            return self._violation("POST /v13/deployments: target must be production or absent")
+        source = self.deployments.get(payload["deploymentId"])
+        if source is None:
+            return _vercel_error(404, "not_found", "Deployment not found")
+        if source["name"] != payload["name"]:
+            return _vercel_error(400, "bad_request", "name does not match the deployment")
+        self.redeploys.append(dict(payload))
+        states, self._script = self._script or ["BUILDING", "READY"], None
+        project = self.projects[source["projectId"]]
+        created = self._new_deployment(project, payload.get("target"), states)
+        return 200, {k: v for k, v in created.items() if k not in ("states", "env")}

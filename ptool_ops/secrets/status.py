@@ -1,0 +1,145 @@
+"""What each managed secret looks like now: its age against the rotation threshold, the
+version and login in use, whether the previous one still logs in, a half-finished rotation,
+and how the last rotation ended (from the audit trail)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ptool_ops.errors import PtoolError
+from ptool_ops.secrets.store import CURRENT, PENDING, PREVIOUS
+
+if TYPE_CHECKING:
+    from ptool_ops.environment import Environment
+
+#: the audit actions that change a managed secret
+ACTIONS = ("secrets.rotate", "secrets.rollback", "secrets.revoke_previous")
+
+
+@dataclass
+class SecretStatus:
+    name: str
+    kind: str
+    store: str
+    consumers: list[str]
+    current_version: str | None = None
+    current_role: str | None = None
+    current_logs_in: bool | None = None
+    rotated_at: str | None = None
+    age_days: float | None = None
+    max_age_days: float = 90.0
+    previous_role: str | None = None
+    previous_valid: bool | None = None
+    half_finished: str | None = None
+    last_change: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "ok": self.ok}
+
+
+def describe(env: Environment) -> list[dict[str, Any]]:
+    """The declarations only (no store is read): ``secrets list``."""
+    return [
+        {
+            "name": name,
+            "kind": spec.kind,
+            "roles": spec.roles,
+            "store": spec.store,
+            "consumers": [f"{c.type}:{c.variable}" for c in spec.consumers],
+        }
+        for name, spec in sorted(env.settings.managed_secrets().items())
+    ]
+
+
+def status(env: Environment, names: list[str] | None = None) -> list[SecretStatus]:
+    from ptool_ops.secrets.rotation import ManagedCredential
+
+    specs = env.settings.managed_secrets()
+    history = _history(env)
+    out = []
+    for name in names or sorted(specs):
+        managed = ManagedCredential(env, name)  # refuses an unknown name with a sentence
+        spec = managed.spec
+        entry = SecretStatus(
+            name,
+            spec.kind,
+            spec.store,
+            [f"{c.type}:{c.variable}" for c in spec.consumers],
+            max_age_days=env.settings.secret_max_age_days,
+            last_change=history.get(name),
+        )
+        try:
+            _fill(managed, entry)
+        except PtoolError as err:
+            entry.problems.append(err.message.rstrip("."))
+        out.append(entry)
+    return out
+
+
+def _fill(m: Any, entry: SecretStatus) -> None:
+    if not m.store.exists():
+        if not m.env.is_local:  # the local environment's first rotation starts its store
+            entry.problems.append("its store has no secret yet (the stacks create it)")
+        return
+    versions = m.store.describe()
+    current = m.current()
+    entry.current_version = current.version.id
+    entry.current_role = current.credential.username
+    created = current.version.created
+    if created is not None:
+        entry.rotated_at = created.isoformat()
+        entry.age_days = round((datetime.now(UTC) - created).total_seconds() / 86400, 2)
+        if entry.age_days > entry.max_age_days:
+            entry.problems.append(
+                f"its current version is {entry.age_days:.0f} days old, over the"
+                f" {entry.max_age_days:g} days of secret_max_age_days: rotate it"
+            )
+    entry.current_logs_in = m.logs_in(current.credential)
+    if not entry.current_logs_in:
+        entry.problems.append(
+            f"the password the store calls {CURRENT} for {current.credential.username} does"
+            " not log in (drift between the store and the database)"
+        )
+    previous = m.labelled(PREVIOUS)
+    if previous:
+        entry.previous_role = previous[0].credential.username
+        entry.previous_valid = previous[
+            0
+        ].credential.username != current.credential.username and m.logs_in(previous[0].credential)
+    for version in versions:
+        if PENDING in version.labels and version.id != current.version.id:
+            entry.half_finished = version.id
+            entry.problems.append(
+                f"a rotation is half-finished (version {version.id} is {PENDING}):"
+                f" 'ptool-ops secrets rotate {entry.name}' finishes or clears it"
+            )
+    last = entry.last_change
+    if last and last.get("outcome") == "failed" and last.get("action") == "secrets.rotate":
+        entry.problems.append(f"its last rotation failed: {last.get('error') or 'see audit'}")
+
+
+def _history(env: Environment) -> dict[str, dict[str, Any]]:
+    from ptool_ops import audit
+
+    newest: dict[str, dict[str, Any]] = {}
+    for record in audit.read(env.audit_sink.path):
+        if record.get("action") not in ACTIONS:
+            continue
+        details = record.get("details") or {}
+        name = details.get("secret")
+        if isinstance(name, str):
+            newest[name] = {
+                "action": record["action"],
+                "at": record.get("at"),
+                "outcome": record.get("outcome"),
+                "result": details.get("outcome"),
+                "error": details.get("error"),
+            }
+    return newest
