@@ -9,9 +9,10 @@ from the ``Database`` component) in a resource of its own, the ops token ``OPS_T
 stack's secret config ``ptool-ops:apiToken``, the same value ptool-ops reads from the
 environment's ``api-token`` secret) in another, the plain variables in a third.
 
-``DATABASE_URL`` of a long-lived environment is set once: the rotation engine owns it
-afterwards. A preview's is the stack's (its passwords come from its own config, nothing
-rotates them), so it follows the branch. ``OPS_TOKEN`` is the stack's everywhere.
+``DATABASE_URL`` of a long-lived environment is set once (``rotated_variables``, see
+``components/rotation.py``): ``ptool-ops secrets rotate`` owns it afterwards. A preview's is
+the stack's (its passwords come from its own config, nothing rotates them), so it follows the
+branch. ``OPS_TOKEN`` is the stack's everywhere.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class PreviewTarget:
 
 #: the backend's variable holding the ops token (the booking API's operations contract)
 OPS_TOKEN_VARIABLE = "OPS_TOKEN"  # noqa: S105 - a variable name, not a secret
+#: the backend's variable holding its database URL (the ``Database`` component's ``app_url``)
+DATABASE_URL_VARIABLE = "DATABASE_URL"
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,8 @@ class BackendArgs:
     protect: bool = False
     preview: PreviewTarget | None = None
     extra_variables: dict[str, pulumi.Input[str]] = field(default_factory=dict)
+    #: variables the rotation engine owns once the stack has set them (DATABASE_URL or none)
+    rotated_variables: frozenset[str] = frozenset()
 
 
 class Backend(pulumi.ComponentResource):
@@ -133,18 +138,18 @@ class Backend(pulumi.ComponentResource):
             sensitive=False,
             opts=child,
         )
+        rotated = DATABASE_URL_VARIABLE in args.rotated_variables
         self.secret_variables = RailwayVariables(
             f"{name}-secret-variables",
             project_id=self.project_id,
             environment_id=self.environment_id,
             service_id=self.service_id,
-            variables={"DATABASE_URL": pulumi.Output.secret(args.database_url)},
+            variables={DATABASE_URL_VARIABLE: pulumi.Output.secret(args.database_url)},
+            # rotated: set when created, then `ptool-ops secrets rotate` owns it -- a new
+            # value is ignored, and no later update (a provider version bump) writes it back
+            create_only=rotated,
             opts=pulumi.ResourceOptions.merge(
-                child,
-                # set once; afterwards the rotation engine owns DATABASE_URL (not a preview's)
-                pulumi.ResourceOptions(
-                    ignore_changes=["variables"] if args.preview is None else None
-                ),
+                child, pulumi.ResourceOptions(ignore_changes=["variables"] if rotated else None)
             ),
         )
         self.ops_token_variable: RailwayVariables | None = None

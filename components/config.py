@@ -7,9 +7,9 @@ key. Secrets are never in those files; CI sets them as secret config
 (``pulumi config set --secret`` or the action's ``config-map`` with ``secret: true``):
 
 * ``ptool-ops:neonApiKey``, ``ptool-ops:railwayToken`` — read by the dynamic providers;
-* ``ptool-ops:dbPasswords`` — a JSON object with the initial password of each login role
-  the stack provisions (the privilege model's stack roles that log in; the rotation engine
-  owns them afterwards);
+* ``ptool-ops:dbPasswords`` — a JSON object with the password of each login role the stack
+  provisions (the privilege model's stack roles that log in): the initial one of the roles
+  ``ptool-ops secrets`` rotates (``components/rotation.py``), the password of the others;
 * ``ptool-ops:apiToken`` — the booking API's ops token (the backend's ``OPS_TOKEN`` and the
   ``api-token`` secret ptool-ops reads);
 * ``vercel:apiToken`` — read by the Vercel provider (or ``VERCEL_API_TOKEN``).
@@ -180,7 +180,8 @@ class BackupConfig(_Section):
 
 
 #: what each Secrets Manager secret of an environment holds, by the last part of its name
-SECRET_KINDS = ("operator", "migrator", "backup", "api-token")
+#: (``app-db``: the application's credential, a long-lived environment's only)
+SECRET_KINDS = ("operator", "migrator", "backup", "api-token", "app-db")
 
 
 class SecretsConfig(_Section):
@@ -189,7 +190,7 @@ class SecretsConfig(_Section):
     name_prefix: str = Field(
         pattern=r"^[A-Za-z0-9][A-Za-z0-9/_+=.@-]{0,400}[A-Za-z0-9]$",
         description="AWS Secrets Manager names: <namePrefix>/operator, /migrator, /backup,"
-        " /api-token",
+        " /api-token, /app-db",
     )
 
     def name(self, kind: str) -> str:

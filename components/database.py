@@ -10,7 +10,8 @@ Inside the database the privilege model (``ptool_ops.privileges``) is the only s
 
 * a long-lived environment creates, through pulumi-postgresql connected as the owner over
   TLS, every role of :data:`~ptool_ops.privileges.STACK_ROLES` with exactly its attributes
-  (the login roles' passwords write-only, from ``ptool-ops:dbPasswords``), every
+  (the login roles' passwords write-only, from ``ptool-ops:dbPasswords``: a role the rotation
+  engine owns gets its password once, the others whenever it changes there), every
   :data:`~ptool_ops.privileges.MEMBERSHIPS` edge and every
   :data:`~ptool_ops.privileges.DATABASE_GRANTS` grant — what ``ptool-ops local up`` and
   migration ``0001_roles_and_schema`` create from the same declarations, so the migration
@@ -28,23 +29,29 @@ reads through the default privileges 0001 grants).
 
 Outputs: ``host``, ``database``, the Neon ids, and four secret URLs, each a login of the
 privilege model: ``operator_url`` (``booking_owner``, Neon's owner password), ``migrator_url``,
-``backup_url`` and ``app_url`` (``booking_app_a``, for the backend).
+``backup_url`` and ``app_url`` (``booking_app_a``, for the backend); :meth:`Database.credential`
+gives a login as the rotation engine stores it (JSON).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
 import pulumi
 import pulumi_postgresql as postgresql
+from pydantic import SecretStr
 
 from components.config import NeonConfig
 from components.providers.neon import NeonBranch, NeonProject
 from components.providers.postgres import RolePasswords
 from ptool_ops import privileges
 from ptool_ops.privileges import APP_GROUP, APP_LOGINS, BACKUP, MIGRATOR, OWNER, Role
+from ptool_ops.secrets.credential import Credential
+
+PORT = 5432
 
 #: logical names the app-login memberships had before they were built from the model
 _LEGACY_MEMBERSHIP_NAMES = {(APP_GROUP, login): f"member-{login}" for login in APP_LOGINS}
@@ -67,6 +74,8 @@ class DatabaseArgs:
     passwords: pulumi.Input[dict[str, str]]  # secret: login stack role -> password
     protect: bool = False
     preview: PreviewSource | None = None
+    #: login roles whose password the rotation engine owns once the stack has set it
+    rotated_roles: frozenset[str] = frozenset()
 
 
 def database_url(
@@ -86,6 +95,29 @@ def database_url(
         )
     )
     return pulumi.Output.secret(url)
+
+
+def credential_json(
+    host: pulumi.Input[str],
+    database: str,
+    role: str,
+    password: pulumi.Input[str],
+    *,
+    after: Sequence[pulumi.Resource] = (),
+) -> pulumi.Output[str]:
+    """The login as a rotation store's version holds it (``Credential.to_json``: username,
+    password, host, port, dbname), a secret, known once the resources in ``after`` exist."""
+    ready = [r.urn for r in after]
+    text = pulumi.Output.all(host, password, *ready).apply(
+        lambda v: Credential(role, SecretStr(str(v[1])), str(v[0]), PORT, database).to_json()
+    )
+    return pulumi.Output.secret(text)
+
+
+def password_version(role: str, password: str) -> str:
+    """``password_wo_version`` of a role: it changes exactly when the password does, so a new
+    password in ``dbPasswords`` is sent (a digest; the program keeps it secret in state)."""
+    return hashlib.sha256(f"{role}\0{password}".encode()).hexdigest()[:16]
 
 
 def check_owner(neon: NeonConfig) -> None:
@@ -117,6 +149,7 @@ class Database(pulumi.ComponentResource):
         self.grants: dict[str, postgresql.Grant] = {}
         self.role_passwords: RolePasswords | None = None
         passwords = pulumi.Output.secret(args.passwords)
+        self._passwords = passwords
 
         if args.preview is None:
             project = NeonProject(
@@ -158,7 +191,9 @@ class Database(pulumi.ComponentResource):
         # every URL is handed out once the model is in place on the database
         ready: list[pulumi.Resource]
         if args.preview is None:
-            ready = self._provision(name, neon, owner_password, passwords, args.protect)
+            ready = self._provision(
+                name, neon, owner_password, passwords, args.protect, args.rotated_roles
+            )
         else:
             self.role_passwords = RolePasswords(
                 f"{name}-role-passwords",
@@ -170,6 +205,7 @@ class Database(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self),
             )
             ready = [self.role_passwords]
+        self._ready = ready
 
         def url(role: str) -> pulumi.Output[str]:
             password = passwords.apply(lambda p: str(p[role]))
@@ -194,6 +230,11 @@ class Database(pulumi.ComponentResource):
             }
         )
 
+    def credential(self, role: str) -> pulumi.Output[str]:
+        """``role``'s login from ``dbPasswords`` as JSON (a rotation store's first version)."""
+        password = self._passwords.apply(lambda p: str(p[role]))
+        return credential_json(self.host, self.database, role, password, after=self._ready)
+
     def _provision(
         self,
         name: str,
@@ -201,12 +242,13 @@ class Database(pulumi.ComponentResource):
         owner_password: pulumi.Input[str],
         passwords: pulumi.Output[dict[str, str]],
         protect: bool,
+        rotated: frozenset[str],
     ) -> list[pulumi.Resource]:
         """The model's stack roles, memberships and database grants, made as the owner."""
         self.sql_provider = postgresql.Provider(
             f"{name}-sql",
             host=self.host,
-            port=5432,
+            port=PORT,
             database=neon.database,
             username=OWNER,
             password=owner_password,
@@ -217,7 +259,7 @@ class Database(pulumi.ComponentResource):
         in_db = pulumi.ResourceOptions(parent=self, provider=self.sql_provider, protect=protect)
 
         for spec in privileges.STACK_ROLES:
-            self.roles[spec.name] = _role(name, spec, passwords, in_db)
+            self.roles[spec.name] = _role(name, spec, passwords, in_db, spec.name in rotated)
 
         def ref(role: str) -> pulumi.Input[str]:
             # a stack role by its resource (so the grant waits for it), a platform role by name
@@ -251,14 +293,28 @@ class Database(pulumi.ComponentResource):
 
 
 def _role(
-    name: str, spec: Role, passwords: pulumi.Output[dict[str, str]], opts: pulumi.ResourceOptions
+    name: str,
+    spec: Role,
+    passwords: pulumi.Output[dict[str, str]],
+    opts: pulumi.ResourceOptions,
+    rotated: bool,
 ) -> postgresql.Role:
-    # write-only password: sent to PostgreSQL, never kept in state; bump password_wo_version
-    # to push a new one (the rotation engine rotates them afterwards, so the stack never sets
-    # them back)
-    password: pulumi.Output[str] | None = (
-        pulumi.Output.secret(passwords.apply(lambda p: str(p[spec.name]))) if spec.login else None
-    )
+    # write-only password: never in the state's outputs (the bridge still keeps the input,
+    # encrypted: pulumi/pulumi-terraform-bridge#3201), never diffed; the provider sends it
+    # when the role is created and whenever password_wo_version changes
+    password: pulumi.Output[str] | None = None
+    version: pulumi.Output[str] | None = None
+    if spec.login:
+        password = pulumi.Output.secret(passwords.apply(lambda p: str(p[spec.name])))
+        version = pulumi.Output.secret(
+            passwords.apply(lambda p: password_version(spec.name, str(p[spec.name])))
+        )
+    if rotated:
+        # `ptool-ops secrets rotate` owns this password once the role exists: a new one in
+        # dbPasswords must not be sent (it would undo a rotation)
+        opts = pulumi.ResourceOptions.merge(
+            opts, pulumi.ResourceOptions(ignore_changes=["password_wo_version"])
+        )
     attrs = set(spec.attributes)
     return postgresql.Role(
         f"{name}-role-{spec.name}",
@@ -271,6 +327,6 @@ def _role(
         replication="REPLICATION" in attrs,
         bypass_row_level_security="BYPASSRLS" in attrs,
         password_wo=password,
-        password_wo_version="1" if spec.login else None,
+        password_wo_version=version,
         opts=opts,
     )

@@ -3,7 +3,9 @@
 One environment = database (Neon) → backend (Railway, ``DATABASE_URL`` from the database,
 ``OPS_TOKEN`` from ``ptool-ops:apiToken``) → frontend (Vercel, ``NEXT_PUBLIC_API_URL`` from the
 backend), plus the Secrets Manager secrets of every credential ptool-ops uses (operator,
-migrator, backup URLs and the ops token) and the backup bucket with the role that runs backups.
+migrator, backup, the ops token and, where it is rotated, the application's login) and the
+backup bucket with the role that runs backups. What ``ptool-ops secrets rotate`` owns after
+the first ``pulumi up`` is decided once, by :func:`components.rotation.rotated_secrets`.
 
 The stack outputs are exactly what ``ptool-ops config from-stack`` turns into the
 environment's ``[environments.<name>]`` settings (see ``ptool_ops/platform/stack.py``), plus
@@ -33,6 +35,7 @@ from components.config import (
 from components.credentials import Credentials, CredentialsArgs
 from components.database import Database, DatabaseArgs, PreviewSource
 from components.frontend import Frontend, FrontendArgs
+from components.rotation import rotated_roles, rotated_secrets, rotated_variables
 
 PROJECT = "ptool-ops"
 
@@ -101,6 +104,7 @@ def run() -> Environment:
     passwords = pulumi.Output.secret(read_passwords(stack))
     api_token = pulumi.Output.secret(read_api_token(stack))
     source = pulumi.StackReference(env.preview.source_stack) if env.preview is not None else None
+    rotated = rotated_secrets(preview=env.is_preview)
 
     db_preview = backend_preview = None
     git_branch = None
@@ -127,6 +131,7 @@ def run() -> Environment:
             passwords=passwords,
             protect=env.protect,
             preview=db_preview,
+            rotated_roles=rotated_roles(rotated),
         ),
     )
     backend = Backend(
@@ -138,6 +143,7 @@ def run() -> Environment:
             ops_token=api_token,
             protect=env.protect,
             preview=backend_preview,
+            rotated_variables=rotated_variables(rotated),
         ),
     )
     frontend = Frontend(
@@ -153,16 +159,22 @@ def run() -> Environment:
             preview_git_branch=git_branch,
         ),
     )
+    values: dict[str, pulumi.Input[str]] = {
+        "operator": database.operator_url,
+        "migrator": database.migrator_url,
+        "backup": database.backup_url,
+        "api-token": api_token,
+    }
+    for secret in rotated:  # the rotation's store: the bootstrap credential, as it reads one
+        values[secret.name] = database.credential(secret.bootstrap_role)
     credentials = Credentials(
         "credentials",
         CredentialsArgs(
             environment=env.name,
             secrets=env.secrets,
             region=env.backup.region,
-            operator_url=database.operator_url,
-            migrator_url=database.migrator_url,
-            backup_url=database.backup_url,
-            api_token=api_token,
+            values=values,
+            rotated=frozenset(secret.name for secret in rotated),
             protect=env.protect,
             preview=env.is_preview,
         ),

@@ -12,7 +12,8 @@
   the settings live and die with the environment.
 * ``RailwayVariables`` — a set of variables of a service in an environment, all values
   secret (declared with ``additional_secret_outputs``); updates upsert the new set and delete
-  the names no longer declared; variables not declared here are left alone.
+  the names no longer declared; variables not declared here are left alone. With
+  ``create_only`` (a value the rotation engine owns) only ``create`` writes them.
 
 ``create`` looks up by name first (project, environment, service, domain), so an interrupted
 create is completed by its retry instead of duplicated; ``delete`` tolerates "not found".
@@ -23,7 +24,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import pulumi
-from pulumi.dynamic import CreateResult, ReadResult, Resource, UpdateResult
+from pulumi.dynamic import CreateResult, DiffResult, ReadResult, Resource, UpdateResult
 from pydantic import Field, field_validator
 
 from components.providers._base import PROVIDER_VERSION, ApiProvider, ProviderInputs, outputs
@@ -383,6 +384,8 @@ class VariablesInputs(ProviderInputs):
     variables: dict[str, str]
     skip_deploys: bool = False
     sensitive: bool = True  # False: plain values from stack config (checked by the policy pack)
+    #: written when created, never again: something else (the rotation engine) owns them
+    create_only: bool = False
 
     @field_validator("variables")
     @classmethod
@@ -396,8 +399,16 @@ class VariablesInputs(ProviderInputs):
 
 
 class RailwayVariablesProvider(_RailwayProvider):
+    """``create_only``: the values are written by ``create`` alone; a changed value is no
+    change, and an update (e.g. a new ``version``) writes and deletes nothing."""
+
     INPUTS = VariablesInputs
     REPLACE_ON: ClassVar[frozenset[str]] = frozenset({"project_id", "environment_id", "service_id"})
+
+    def diff(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        if news.get("create_only"):
+            news = {**news, "variables": olds.get("variables")}
+        return super().diff(id_, olds, news)
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         inputs: VariablesInputs = self.parse(props)
@@ -421,6 +432,9 @@ class RailwayVariablesProvider(_RailwayProvider):
 
     def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
         inputs: VariablesInputs = self.parse(news)
+        if inputs.create_only:  # keep what state holds; write nothing
+            kept = dict(olds.get("variables") or {})
+            return UpdateResult(outputs(inputs.model_copy(update={"variables": kept})))
         removed = sorted(set(olds.get("variables") or {}) - set(inputs.variables))
         with self.client() as rail:
             rail.upsert_variables(
@@ -462,9 +476,10 @@ class RailwayVariables(Resource, module="railway", name="Variables"):
         service_id: pulumi.Input[str] | None = None,
         skip_deploys: pulumi.Input[bool] = False,
         sensitive: bool = True,
+        create_only: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        props = {
+        props: dict[str, Any] = {
             "project_id": project_id,
             "environment_id": environment_id,
             "service_id": service_id,
@@ -473,6 +488,8 @@ class RailwayVariables(Resource, module="railway", name="Variables"):
             "sensitive": sensitive,
             "version": PROVIDER_VERSION,
         }
+        if create_only:  # absent otherwise: no change for the resources made before it
+            props["create_only"] = True
         secret = pulumi.ResourceOptions(additional_secret_outputs=["variables"])
         super().__init__(
             RailwayVariablesProvider(),

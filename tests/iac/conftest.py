@@ -1,12 +1,14 @@
 """Pulumi test harness: mocks with an inline executor (no CLI, no plugins, no hangs).
 
 * ``mocks`` — a fresh event loop whose default executor runs inline (pulumi/pulumi#7663),
-  the root stack and config reset, and :class:`RecordingMocks` recording every resource.
+  the root stack and config reset, and :class:`RecordingMocks` recording every resource
+  (and, through :class:`RecordingMonitor`, its ``ignoreChanges`` as the engine gets them).
 * ``run_program(stack, environment, ...)`` — runs ``components.program.run`` for ``stack``
   to completion with the test passwords, ops token and API keys as secret config, records each
   resource's options and parent (through a stack transformation), and returns the stack
   outputs as ``{name: (value, is_secret)}``.
-* ``fake_neon`` / ``fake_railway`` — the loopback fakes of ``tests/iac/fakes.py``.
+* ``fake_neon`` / ``fake_railway`` / ``fake_vercel`` — the loopback fakes of
+  ``tests/iac/fakes.py``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 
 import pulumi
 import pytest
+from pulumi.runtime.mocks import MockMonitor
 
-from tests.iac.fakes import FakeNeon, FakeRailway, serve
+from tests.iac.fakes import FakeNeon, FakeRailway, FakeVercel, serve
 
 PROJECT = "ptool-ops"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
@@ -108,6 +111,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.calls: list[pulumi.runtime.MockCallArgs] = []
         self.options: dict[str, pulumi.ResourceOptions] = {}
         self.parents: dict[str, str | None] = {}  # resource name -> parent's name
+        #: resource name -> ignoreChanges as registered (input names: ``secretString``)
+        self.ignored: dict[str, list[str]] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         self.resources.append(args)
@@ -139,6 +144,25 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return found
 
 
+class RecordingMonitor(MockMonitor):
+    """The SDK's mock monitor, keeping each registration's ``ignoreChanges`` -- translated to
+    the input names the engine compares (``MockResourceArgs`` carries no options)."""
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.recording = mocks
+
+    def RegisterResource(self, request: Any) -> Any:
+        self.recording.ignored[request.name] = list(request.ignoreChanges)
+        return super().RegisterResource(request)
+
+
+def use_mocks(mocks: RecordingMocks, stack: str) -> None:
+    pulumi.runtime.set_mocks(
+        mocks, project=PROJECT, stack=stack, preview=False, monitor=RecordingMonitor(mocks)
+    )
+
+
 class ProgramRun:
     def __init__(self, mocks: RecordingMocks) -> None:
         self.mocks = mocks
@@ -155,7 +179,7 @@ class ProgramRun:
         """Run the program for ``stack`` to completion; return the resolved stack outputs."""
         from components import program
 
-        pulumi.runtime.set_mocks(self.mocks, project=PROJECT, stack=stack, preview=False)
+        use_mocks(self.mocks, stack)
         secret_values = {
             f"{PROJECT}:dbPasswords": json.dumps(PASSWORDS),
             f"{PROJECT}:apiToken": API_TOKEN,
@@ -172,6 +196,7 @@ class ProgramRun:
 
         self.mocks.options.clear()
         self.mocks.parents.clear()
+        self.mocks.ignored.clear()
         names: dict[int, str] = {}
 
         def capture(
@@ -218,7 +243,7 @@ def mocks() -> Iterator[RecordingMocks]:
     pulumi.runtime.settings.ROOT.set(None)  # internal: else the old root Stack persists
     pulumi.runtime.set_all_config({}, [])
     recording = RecordingMocks()
-    pulumi.runtime.set_mocks(recording, project=PROJECT, stack="dev", preview=False)
+    use_mocks(recording, "dev")
     yield recording
     # a program that failed leaves registrations pending: end them before closing the loop
     pending = asyncio.all_tasks(loop)
@@ -245,6 +270,14 @@ def fake_neon() -> Iterator[FakeNeon]:
 @pytest.fixture(scope="session")
 def fake_railway() -> Iterator[FakeRailway]:
     fake = FakeRailway()
+    with serve(fake) as url:
+        fake.url = url
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def fake_vercel() -> Iterator[FakeVercel]:
+    fake = FakeVercel()
     with serve(fake) as url:
         fake.url = url
         yield fake

@@ -172,28 +172,6 @@ def test_a_preview_creates_no_roles_and_sets_its_own_passwords(
     )
 
 
-def test_only_a_long_lived_environment_leaves_its_urls_to_the_rotation_engine(
-    run_program: ProgramRun, mocks: RecordingMocks
-) -> None:
-    """A preview's credentials are the stack's alone, so they follow a replaced branch."""
-
-    def ignored() -> dict[str, list[str]]:
-        names = [r.name for r in mocks.by_type(SECRET_VERSION)] + ["backend-secret-variables"]
-        return {n: list(mocks.options[n].ignore_changes or []) for n in names}
-
-    run_program("staging", stack_environment("staging"))
-    assert ignored() == {
-        "credentials-operator-value": ["secret_string"],
-        "credentials-migrator-value": ["secret_string"],
-        "credentials-backup-value": ["secret_string"],
-        "credentials-api-token-value": [],  # the ops token is the stack config's
-        "backend-secret-variables": ["variables"],
-    }
-    mocks.resources.clear()
-    run_preview(run_program)
-    assert all(not names for names in ignored().values())
-
-
 def test_the_neon_owner_must_be_the_models() -> None:
     assert (
         NeonConfig(region="aws-eu-central-1", history_retention_days=1).owner_role

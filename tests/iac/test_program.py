@@ -114,15 +114,17 @@ def test_stack_builds_every_component_wired(
         r.name.removeprefix("credentials-").removesuffix("-value"): r
         for r in mocks.by_type("aws:secretsmanager/secretVersion:SecretVersion")
     }
-    assert set(versions) == {"operator", "migrator", "backup", "api-token"}
+    assert set(versions) == {"operator", "migrator", "backup", "api-token", "app-db"}
     for version in versions.values():
         assert is_secret(version.inputs["secretString"])
     assert unwrap(versions["operator"].inputs["secretString"]) == (
         f"postgresql://booking_owner:{OWNER_PASSWORD}@{host}/booking?sslmode=require"
     )
-    assert unwrap(versions["migrator"].inputs["secretString"]).startswith(
-        f"postgresql://booking_migrator:{PASSWORDS['booking_migrator']}@{host}/"
-    )
+    # the rotated logins' stores hold them as the rotation reads them (tests/iac/test_rotation.py)
+    for kind, role in (("migrator", "booking_migrator"), ("app-db", "booking_app_a")):
+        stored = json.loads(unwrap(versions[kind].inputs["secretString"]))
+        assert (stored["username"], stored["password"]) == (role, PASSWORDS[role])
+        assert (stored["host"], stored["port"], stored["dbname"]) == (host, 5432, "booking")
     assert unwrap(versions["backup"].inputs["secretString"]).startswith(
         f"postgresql://booking_backup:{PASSWORDS['booking_backup']}@{host}/"
     )
@@ -155,6 +157,7 @@ def test_prod_protects_its_data_and_keeps_history(
         "credentials-migrator",
         "credentials-backup",
         "credentials-api-token",
+        "credentials-app-db",
     ):
         assert opts[name].protect is True, name
     assert mocks.one(NEON_PROJECT).inputs["history_retention_seconds"] >= 7 * 86400

@@ -356,6 +356,41 @@ def test_railway_variables_upsert_remove_and_delete(railway: FakeRailway) -> Non
     assert bad.failures[0].property == "variables"
 
 
+def test_railway_create_only_variables_are_never_written_back(railway: FakeRailway) -> None:
+    """DATABASE_URL once the rotation owns it: neither a new value nor an update for another
+    reason (a provider ``version`` bump) writes the stack's value over the rotation's."""
+    project_id, env_id, service_id = _project_with_service(railway)
+    provider = railway_provider(RailwayVariablesProvider, railway)
+    base = {
+        "project_id": project_id,
+        "environment_id": env_id,
+        "service_id": service_id,
+        "variables": {"DATABASE_URL": "postgresql://a:bootstrap@h/db"},
+        "create_only": True,
+    }
+    created = provider.create(checked(provider, base))
+    live = railway.variables_of(project_id, env_id, service_id)
+    assert live == {"DATABASE_URL": "postgresql://a:bootstrap@h/db"}
+    live["DATABASE_URL"] = "postgresql://b:rotated@h/db"  # what `secrets rotate` set
+
+    other = checked(provider, {**base, "variables": {"DATABASE_URL": "postgresql://a:new@h/db"}})
+    assert provider.diff(created.id, created.outs, other).changes is False
+    bumped = checked(provider, {**base, "version": 99})
+    assert provider.diff(created.id, created.outs, bumped).changes is True
+    updated = provider.update(created.id, created.outs, bumped)
+    assert live == {"DATABASE_URL": "postgresql://b:rotated@h/db"}
+    assert updated.outs["variables"] == base["variables"] and updated.outs["version"] == 99
+
+    # a resource made before create_only existed takes it with an update that writes nothing
+    made_before = {k: v for k, v in created.outs.items() if k != "create_only"}
+    assert provider.diff(created.id, made_before, checked(provider, base)).changes is True
+    provider.update(created.id, made_before, checked(provider, base))
+    assert live == {"DATABASE_URL": "postgresql://b:rotated@h/db"}
+
+    provider.delete(created.id, updated.outs)  # the stack going away takes it along
+    assert live == {}
+
+
 def test_railway_bad_token_is_a_config_error(railway: FakeRailway) -> None:
     provider = configured(
         RailwayProjectProvider(),
