@@ -44,6 +44,23 @@ SMALL: dict[str, tuple[list[str], str]] = {
         ["--bookings", "2000", "--tenants", "3", "--no-s3"],
         r"ours-file -j2 .* ratio \d+\.\d\d",
     ),
+    "rotate_under_load.py": (
+        [
+            "--rate",
+            "100",
+            "--chunk-seconds",
+            "1",
+            "--baseline-seconds",
+            "1",
+            "--rotations",
+            "1",
+            "--linger-seconds",
+            "4",
+            "--bookings",
+            "100",
+        ],
+        r"^p99 ratio rotations / baseline: \d+\.\d\d$",
+    ),
     "pitr.py": (
         ["--bookings", "2000", "--tenants", "3", "--wal-mb", "40", "--segments", "2"],
         r"^ratio pitr restore / baseline: \d+\.\d\d",

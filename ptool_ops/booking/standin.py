@@ -12,6 +12,10 @@ pool without dropping a request: the new pool must log in before it replaces the
 in-flight requests finish on the connections they hold, and a request that raced the swap
 retries on the new pool. A reload whose credentials do not work keeps the old pool.
 
+``--old-pool-linger-s N`` plays a deployment whose old instances drain slowly: on a reload
+the old pool is not closed at once but kept open, its idle connections still logged in as
+the previous role, for N seconds (requests go to the new pool); then it is closed.
+
 Run: ``python -m ptool_ops.booking.standin --secrets .ptool/local/secrets.json --db-port N``.
 """
 
@@ -81,11 +85,21 @@ class Credentials:
 class Database:
     """The connection pool, swappable at run time."""
 
-    def __init__(self, host: str, port: int, dbname: str, creds: Credentials) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        dbname: str,
+        creds: Credentials,
+        *,
+        old_pool_linger_s: float = 0.0,
+    ) -> None:
         self.host, self.port, self.dbname = host, port, dbname
         self.creds = creds
         self.pool: AsyncConnectionPool[Any] | None = None
         self.generation = 0
+        self.old_pool_linger_s = old_pool_linger_s
+        self._lingering: set[asyncio.Task[None]] = set()
 
     def _kwargs(self, creds: Credentials) -> dict[str, Any]:
         return {
@@ -138,11 +152,37 @@ class Database:
         old, self.pool, self.creds = self.pool, fresh, creds
         self.generation += 1
         log.warning("reload: now serving as %s (pool generation %d)", creds.role, self.generation)
-        if old is not None:
+        if old is None:
+            return True
+        if self.old_pool_linger_s > 0:
+            self._linger(old)
+        else:
             await old.close(timeout=30)  # connections in use close as they come back
         return True
 
+    def _linger(self, pool: AsyncConnectionPool[Any]) -> None:
+        """Keep ``pool`` open, logged in as it is, for ``old_pool_linger_s``; then close it."""
+        log.warning(
+            "reload: the old pool %s stays open for %g s (old pool linger)",
+            pool.name,
+            self.old_pool_linger_s,
+        )
+
+        async def close_later() -> None:
+            try:
+                await asyncio.sleep(self.old_pool_linger_s)
+            finally:
+                await pool.close(timeout=30)
+                log.warning("reload: the old pool %s is closed", pool.name)
+
+        task = asyncio.get_running_loop().create_task(close_later())
+        self._lingering.add(task)
+        task.add_done_callback(self._lingering.discard)
+
     async def stop(self) -> None:
+        for task in list(self._lingering):
+            task.cancel()  # the old pools close now
+        await asyncio.gather(*self._lingering, return_exceptions=True)
         if self.pool is not None:
             await self.pool.close()
 
@@ -612,10 +652,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--build", default="local")
+    parser.add_argument(
+        "--old-pool-linger-s",
+        type=float,
+        default=0.0,
+        help="on a reload, keep the old pool open (logged in as the previous role) this long",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     creds = Credentials.load(args.secrets)
-    db = Database(args.db_host, args.db_port, args.db_name, creds)
+    db = Database(
+        args.db_host, args.db_port, args.db_name, creds, old_pool_linger_s=args.old_pool_linger_s
+    )
     app = create_app(Standin(args.secrets, db, version("ptool-ops"), args.build))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 

@@ -78,8 +78,12 @@ def _is_standin(pid: int) -> bool:
         return True  # no /proc: trust the pid file
 
 
-def start(paths: LocalPaths, db_port: int, port: int | None = None) -> tuple[ApiProcess, bool]:
-    """Start the stand-in unless it runs; returns it and whether it was started now."""
+def start(
+    paths: LocalPaths, db_port: int, port: int | None = None, *, old_pool_linger_s: float = 0.0
+) -> tuple[ApiProcess, bool]:
+    """Start the stand-in unless it runs; returns it and whether it was started now.
+    ``old_pool_linger_s``: on a reload it keeps its old pool open that long (a deployment
+    whose old instances drain slowly)."""
     current = running(paths)
     if current is not None:
         return current, False
@@ -100,6 +104,7 @@ def start(paths: LocalPaths, db_port: int, port: int | None = None) -> tuple[Api
                 str(db_port),
                 "--port",
                 str(chosen),
+                *(["--old-pool-linger-s", f"{old_pool_linger_s:g}"] if old_pool_linger_s else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=handle,
