@@ -272,6 +272,8 @@ class Cli:
         self._monkeypatch.chdir(self.cwd)
         for key in [k for k in os.environ if k.startswith("PTOOL_")]:
             self._monkeypatch.delenv(key)
+        # a worker's or another test's COLUMNS would make rich assume a terminal
+        self._monkeypatch.delenv("COLUMNS", raising=False)
         for key, value in self.env.items():
             self._monkeypatch.setenv(key, value)
         result = CliRunner().invoke(app, argv, input=input, catch_exceptions=False)

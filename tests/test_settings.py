@@ -171,7 +171,9 @@ def test_secret_reference_from_secrets_manager(
         f'database_secret = "aws-sm:prod/booking/migrator"\naws_endpoint_url = "{aws_env}"\n',
     )
     url = database_url(load_environment("prod")).get_secret_value()
-    assert url == "postgresql://booking_migrator:p%40ss%3Aword@db.example:5432/booking"
+    assert url == (
+        "postgresql://booking_migrator:p%40ss%3Aword@db.example:5432/booking?sslmode=require"
+    )
     write(
         tmp_path,
         "[environments.prod]\n"
