@@ -7,8 +7,9 @@ use. Like the real service it logs in as one of the alternating application role
 request runs in a transaction with ``app.tenant_id`` set, and no query filters by tenant.
 
 Credentials come from the local environment's ``secrets.json`` (``app_role`` names the role in
-use; its password is in ``passwords``). ``SIGHUP`` re-reads the file and swaps the connection
-pool without dropping a request: the new pool must log in before it replaces the old one,
+use; its password is in ``passwords``; ``api_token`` and ``api_tokens_previous`` are the ops
+tokens it accepts; ``signing_keys`` the tenant-token key set, a ``kid`` per key). ``SIGHUP``
+re-reads the file and swaps the connection pool without dropping a request: the new pool must log in before it replaces the old one,
 in-flight requests finish on the connections they hold, and a request that raced the swap
 retries on the new pool. A reload whose credentials do not work keeps the old pool.
 
@@ -68,18 +69,49 @@ _BOOKING_COLUMNS = sql.SQL(
 
 @dataclass(frozen=True)
 class Credentials:
+    """What the stand-in holds: its database login, the ops tokens it accepts (the current
+    one, and during a rotation's overlap the previous ones), and the tenant-token key set
+    (sign with ``signing``, verify with any key of ``keys``; none: a key derived from the
+    ops token, version 1 tokens)."""
+
     role: str
     password: str
     ops_token: str
+    previous_ops_tokens: tuple[str, ...] = ()
+    signing: str | None = None
+    keys: tuple[tuple[str, bytes], ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> Credentials:
         doc = json.loads(path.read_text())
         role = str(doc.get("app_role") or privileges.APP_LOGINS[0])
-        return cls(role, str(doc["passwords"][role]), str(doc["api_token"]))
+        keyset = doc.get("signing_keys") or {}
+        keys = tuple(
+            (str(kid), base64.urlsafe_b64decode(str(key) + "=" * (-len(str(key)) % 4)))
+            for kid, key in sorted((keyset.get("keys") or {}).items())
+        )
+        signing = keyset.get("signing")
+        return cls(
+            role,
+            str(doc["passwords"][role]),
+            str(doc["api_token"]),
+            tuple(str(t) for t in doc.get("api_tokens_previous") or ()),
+            str(signing) if signing and any(k == signing for k, _ in keys) else None,
+            keys,
+        )
 
-    def signing_key(self) -> bytes:
-        return hmac.new(self.ops_token.encode(), b"tenant-token-v1", hashlib.sha256).digest()
+    def ops_tokens(self) -> tuple[str, ...]:
+        return (self.ops_token, *self.previous_ops_tokens)
+
+    def derived_keys(self) -> list[bytes]:
+        """Version 1 tenant tokens: keyed by an ops token (any the stand-in accepts)."""
+        return [
+            hmac.new(t.encode(), b"tenant-token-v1", hashlib.sha256).digest()
+            for t in self.ops_tokens()
+        ]
+
+    def key(self, kid: str) -> bytes | None:
+        return next((k for name, k in self.keys if name == kid), None)
 
 
 class Database:
@@ -228,6 +260,11 @@ class Database:
         return True, None, (time.perf_counter() - start) * 1000
 
 
+def _mac(key: bytes, body: str) -> str:
+    digest = hmac.new(key, body.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
 # --- the application ------------------------------------------------------------------------
 
 
@@ -277,31 +314,42 @@ class Standin:
 
     def ops_denied(self, request: Request) -> JSONResponse | None:
         token = self._bearer(request)
-        if token is None or not hmac.compare_digest(token, self.db.creds.ops_token):
+        accepted = self.db.creds.ops_tokens()
+        if token is None or not any(hmac.compare_digest(token, t) for t in accepted):
             return self.problem(401, "Unauthorized", "a valid ops token is required")
         return None
 
     def mint(self, tenant_id: uuid.UUID) -> tuple[str, datetime]:
+        """``v2.<kid>.<tenant>.<expiry>.<mac>`` with the signing key of the key set;
+        ``v1.<tenant>.<expiry>.<mac>`` keyed by the ops token when there is no key set."""
+        creds = self.db.creds
         expires = datetime.now(UTC) + TENANT_TOKEN_TTL
-        body = f"v1.{tenant_id}.{int(expires.timestamp())}"
-        mac = hmac.new(self.db.creds.signing_key(), body.encode(), hashlib.sha256).digest()
-        return f"{body}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}", expires
+        key = creds.key(creds.signing) if creds.signing else None
+        if creds.signing and key is not None:
+            body = f"v2.{creds.signing}.{tenant_id}.{int(expires.timestamp())}"
+        else:
+            body, key = f"v1.{tenant_id}.{int(expires.timestamp())}", creds.derived_keys()[0]
+        return f"{body}.{_mac(key, body)}", expires
 
     def tenant_denied(self, request: Request, tenant_id: uuid.UUID) -> JSONResponse | None:
         token = self._bearer(request)
         if token is None:
             return self.problem(401, "Unauthorized", "a tenant token is required")
         parts = token.split(".")
-        if len(parts) != 4 or parts[0] != "v1":
+        creds = self.db.creds
+        if len(parts) == 4 and parts[0] == "v1":
+            keys, claims = creds.derived_keys(), parts[1:3]
+        elif len(parts) == 5 and parts[0] == "v2":
+            key = creds.key(parts[1])
+            keys, claims = ([key] if key is not None else []), parts[2:4]
+        else:
             return self.problem(401, "Unauthorized", "the tenant token is malformed")
-        body = ".".join(parts[:3])
-        mac = hmac.new(self.db.creds.signing_key(), body.encode(), hashlib.sha256).digest()
-        expected = base64.urlsafe_b64encode(mac).decode().rstrip("=")
-        if not hmac.compare_digest(parts[3], expected):
+        body = ".".join(parts[:-1])
+        if not any(hmac.compare_digest(parts[-1], _mac(k, body)) for k in keys):
             return self.problem(401, "Unauthorized", "the tenant token is not valid")
-        if not parts[2].isdigit() or int(parts[2]) < time.time():
+        if not claims[1].isdigit() or int(claims[1]) < time.time():
             return self.problem(401, "Unauthorized", "the tenant token has expired")
-        if parts[1] != str(tenant_id):
+        if claims[0] != str(tenant_id):
             return self.problem(403, "Forbidden", "the token belongs to another tenant")
         return None
 

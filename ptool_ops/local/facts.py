@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -29,14 +29,24 @@ class LocalSecrets:
     passwords: dict[str, str]
     api_token: str
     app_role: str = privileges.APP_LOGINS[0]  # the login the booking API uses now
+    #: ops tokens the API still accepts beside api_token (a rotation's overlap)
+    api_tokens_previous: list[str] = field(default_factory=list)
+    #: the API's tenant-token key set, {"signing": kid, "keys": {kid: base64url key}};
+    #: empty: tokens keyed by the ops token (what local environments made before had)
+    signing_keys: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def generate(cls) -> LocalSecrets:
         roles = (SUPERUSER, *privileges.login_roles())
-        return cls({r: secrets.token_urlsafe(24) for r in roles}, secrets.token_urlsafe(32))
+        return cls(
+            {r: secrets.token_urlsafe(24) for r in roles},
+            secrets.token_urlsafe(32),
+            signing_keys=new_keyset(),
+        )
 
     def values(self) -> list[str]:
-        return [*self.passwords.values(), self.api_token]
+        keys = [str(k) for k in (self.signing_keys.get("keys") or {}).values()]
+        return [*self.passwords.values(), self.api_token, *self.api_tokens_previous, *keys]
 
     def to_json(self) -> str:
         doc = {
@@ -44,8 +54,22 @@ class LocalSecrets:
             "passwords": self.passwords,
             "api_token": self.api_token,
             "app_role": self.app_role,
+            "api_tokens_previous": self.api_tokens_previous,
+            "signing_keys": self.signing_keys,
         }
         return json.dumps(doc, indent=2) + "\n"
+
+
+def new_keyset() -> dict[str, Any]:
+    """A tenant-token key set with one key (kid: when it was made, and a random tail)."""
+    kid = new_kid()
+    return {"signing": kid, "keys": {kid: secrets.token_urlsafe(32)}}
+
+
+def new_kid() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("k%Y%m%d%H%M%S") + secrets.token_hex(2)
 
 
 def load_secrets(path: Path) -> LocalSecrets | None:
@@ -69,6 +93,8 @@ def load_secrets(path: Path) -> LocalSecrets | None:
         dict(doc["passwords"]),
         str(doc["api_token"]),
         str(doc.get("app_role", privileges.APP_LOGINS[0])),
+        [str(t) for t in doc.get("api_tokens_previous") or []],
+        dict(doc.get("signing_keys") or {}),
     )
 
 

@@ -40,7 +40,7 @@ from ptool_ops.errors import (
     Refused,
 )
 from ptool_ops.secrets.credential import Credential, logs_in, new_password, probe
-from ptool_ops.secrets.spec import ManagedSecret
+from ptool_ops.secrets.spec import APPLICATION_KINDS, ManagedSecret
 from ptool_ops.secrets.store import CURRENT, PENDING, PREVIOUS, SecretStore, Version, open_store
 
 if TYPE_CHECKING:
@@ -213,63 +213,7 @@ class ManagedCredential:
     # --- consumers -------------------------------------------------------------------
 
     def consumers(self) -> list[Consumer]:
-        return [self._consumer(c) for c in self.spec.consumers]
-
-    def _consumer(self, spec: ConsumerSpec) -> Consumer:
-        settings = self.env.settings
-        timeout = settings.secret_deploy_timeout_s
-        if spec.type == "local":
-            from ptool_ops.secrets.local import LocalConsumer
-
-            local = self.env.local
-            if local is None:
-                raise ConfigError(
-                    f"secret {self.name!r} names the consumer 'local', which only the local"
-                    " environment has.",
-                    hint="Use railway or vercel consumers for a deployed environment.",
-                )
-            return LocalConsumer(local, spec.variable, serves_api=self.alternating)
-        if spec.type == "railway":
-            from ptool_ops.platform.railway import RailwayClient
-            from ptool_ops.secrets.consumers import RailwayConsumer
-
-            ids = (
-                settings.railway_project_id,
-                settings.railway_environment_id,
-                settings.railway_service_id,
-            )
-            if not all(ids):
-                raise ConfigError(
-                    f"secret {self.name!r} has a Railway consumer, but environment"
-                    f" {self.env.name!r} lacks railway_project_id, railway_environment_id or"
-                    " railway_service_id.",
-                    hint="Set them (the stack's outputs name them) in ptool-ops.toml.",
-                )
-            project, environment, service = (str(i) for i in ids)
-            return RailwayConsumer(
-                RailwayClient.from_settings(settings),
-                project_id=project,
-                environment_id=environment,
-                service_id=service,
-                timeout_s=timeout,
-                interval_s=settings.secret_deploy_poll_s,
-            )
-        from ptool_ops.platform.vercel import VercelClient
-        from ptool_ops.secrets.consumers import VercelConsumer
-
-        if not settings.vercel_project_id:
-            raise ConfigError(
-                f"secret {self.name!r} has a Vercel consumer, but environment"
-                f" {self.env.name!r} has no vercel_project_id.",
-                hint="Set it (the stack's output names it) in ptool-ops.toml.",
-            )
-        return VercelConsumer(
-            VercelClient.from_settings(settings),
-            project_id=settings.vercel_project_id,
-            targets=tuple(spec.targets),
-            timeout_s=timeout,
-            interval_s=settings.secret_deploy_poll_s,
-        )
+        return [consumer_for(self.env, self.name, self.spec.kind, c) for c in self.spec.consumers]
 
     def variables(self, credential: Credential, consumer_index: int) -> dict[str, SecretStr]:
         spec = self.spec.consumers[consumer_index]
@@ -338,6 +282,64 @@ class ManagedCredential:
             )
 
 
+def consumer_for(env: Environment, name: str, kind: str, spec: ConsumerSpec) -> Consumer:
+    """The consumer ``spec`` names, for secret ``name`` of ``kind``."""
+    settings = env.settings
+    timeout = settings.secret_deploy_timeout_s
+    if spec.type == "local":
+        from ptool_ops.secrets.local import LocalConsumer
+
+        local = env.local
+        if local is None:
+            raise ConfigError(
+                f"secret {name!r} names the consumer 'local', which only the local"
+                " environment has.",
+                hint="Use railway or vercel consumers for a deployed environment.",
+            )
+        return LocalConsumer(local, kind, spec.variable)
+    if spec.type == "railway":
+        from ptool_ops.platform.railway import RailwayClient
+        from ptool_ops.secrets.consumers import RailwayConsumer
+
+        ids = (
+            settings.railway_project_id,
+            settings.railway_environment_id,
+            settings.railway_service_id,
+        )
+        if not all(ids):
+            raise ConfigError(
+                f"secret {name!r} has a Railway consumer, but environment"
+                f" {env.name!r} lacks railway_project_id, railway_environment_id or"
+                " railway_service_id.",
+                hint="Set them (the stack's outputs name them) in ptool-ops.toml.",
+            )
+        project, environment, service = (str(i) for i in ids)
+        return RailwayConsumer(
+            RailwayClient.from_settings(settings),
+            project_id=project,
+            environment_id=environment,
+            service_id=service,
+            timeout_s=timeout,
+            interval_s=settings.secret_deploy_poll_s,
+        )
+    from ptool_ops.platform.vercel import VercelClient
+    from ptool_ops.secrets.consumers import VercelConsumer
+
+    if not settings.vercel_project_id:
+        raise ConfigError(
+            f"secret {name!r} has a Vercel consumer, but environment"
+            f" {env.name!r} has no vercel_project_id.",
+            hint="Set it (the stack's output names it) in ptool-ops.toml.",
+        )
+    return VercelConsumer(
+        VercelClient.from_settings(settings),
+        project_id=settings.vercel_project_id,
+        targets=tuple(spec.targets),
+        timeout_s=timeout,
+        interval_s=settings.secret_deploy_poll_s,
+    )
+
+
 @contextmanager
 def _timed(report: RotationReport, name: str, progress: Progress) -> Iterator[StepResult]:
     step = StepResult(name, "done")
@@ -356,6 +358,10 @@ def _timed(report: RotationReport, name: str, progress: Progress) -> Iterator[St
 def rotate(env: Environment, name: str, *, progress: Progress | None = None) -> RotationReport:
     """Rotate ``name``; audited as ``secrets.rotate``. A failure before ``finish`` is rolled
     back and raised as :class:`OperationFailed` with the report in its details."""
+    if spec_of(env, name).kind in APPLICATION_KINDS:
+        from ptool_ops.secrets import application
+
+        return application.rotate(env, name, progress=progress)
     managed = ManagedCredential(env, name, progress)
     details: dict[str, Any] = {"secret": name, "kind": managed.spec.kind}
     with env.audit("secrets.rotate", details) as entry:
@@ -557,6 +563,10 @@ def _roll_back(
 
 def rollback(env: Environment, name: str, *, progress: Progress | None = None) -> RotationReport:
     """Make the previous credential current again: consumers first, then the labels."""
+    if spec_of(env, name).kind in APPLICATION_KINDS:
+        from ptool_ops.secrets import application
+
+        return application.rollback(env, name, progress=progress)
     m = ManagedCredential(env, name, progress)
     with env.audit("secrets.rollback", {"secret": name}) as entry:
         report = _rollback(m)
@@ -635,6 +645,10 @@ def revoke_previous(
 ) -> RevokeReport:
     """Disable the previous credential once the grace period is over and no session uses
     it (``force``: regardless)."""
+    if spec_of(env, name).kind in APPLICATION_KINDS:
+        from ptool_ops.secrets import application
+
+        return application.revoke_previous(env, name, force=force, progress=progress)
     m = ManagedCredential(env, name, progress)
     with env.audit("secrets.revoke_previous", {"secret": name, "forced": force}) as entry:
         report = _revoke(m, force)

@@ -15,7 +15,12 @@ Kinds:
   stays valid (the way back) until ``revoke-previous``;
 * ``database-single`` -- one role (the migrator): its password changes in place, the old one
   stops working at once, so consumers are updated right after it and a failure sets the old
-  password back.
+  password back;
+* ``api-token`` -- the API's ops token: consumers get the new one in ``<variable>`` and the
+  one it replaces in ``<variable>_PREVIOUS`` (accepted until ``revoke-previous``);
+* ``signing-keys`` -- the API's tenant-token key set (a ``kid`` per key): first every
+  consumer learns the new key beside the current one, then signing switches to it; tokens
+  signed with the previous key verify until ``revoke-previous``.
 
 The ``local`` environment manages its own without any declaration (:func:`local_secrets`).
 """
@@ -29,9 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ptool_ops.privileges.model import APP_LOGINS, MIGRATOR
 
-Kind = Literal["database-alternating", "database-single"]
+Kind = Literal["database-alternating", "database-single", "api-token", "signing-keys"]
 VercelTarget = Literal["production", "preview", "development"]
 DATABASE_KINDS: tuple[str, ...] = ("database-alternating", "database-single")
+#: secrets of the application itself, rotated with an overlap in the API (it accepts the
+#: previous value until revoke-previous) instead of in the database
+APPLICATION_KINDS: tuple[str, ...] = ("api-token", "signing-keys")
 
 
 class ConsumerSpec(BaseModel):
@@ -76,6 +84,10 @@ class ManagedSecret(BaseModel):
     def _roles(self) -> ManagedSecret:
         from ptool_ops.privileges.model import is_plain
 
+        if self.kind in APPLICATION_KINDS:
+            if self.roles:
+                raise ValueError(f"a {self.kind} secret names no roles")
+            return self
         wanted = 2 if self.kind == "database-alternating" else 1
         if len(self.roles) != wanted or len(set(self.roles)) != wanted:
             raise ValueError(f"a {self.kind} secret names exactly {wanted} distinct role(s)")
@@ -102,5 +114,11 @@ def local_secrets(local_dir: Path) -> dict[str, ManagedSecret]:
             store=f"file:{store_dir / 'migrator.json'}",
             roles=[MIGRATOR],
             consumers=local,
+        ),
+        "api-token": ManagedSecret(
+            kind="api-token", store=f"file:{store_dir / 'api-token.json'}", consumers=local
+        ),
+        "signing-keys": ManagedSecret(
+            kind="signing-keys", store=f"file:{store_dir / 'signing-keys.json'}", consumers=local
         ),
     }

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ptool_ops.errors import PtoolError
+from ptool_ops.secrets.spec import APPLICATION_KINDS
 from ptool_ops.secrets.store import CURRENT, PENDING, PREVIOUS
 
 if TYPE_CHECKING:
@@ -59,14 +60,19 @@ def describe(env: Environment) -> list[dict[str, Any]]:
 
 
 def status(env: Environment, names: list[str] | None = None) -> list[SecretStatus]:
-    from ptool_ops.secrets.rotation import ManagedCredential
+    from ptool_ops.secrets.application import ManagedValue
+    from ptool_ops.secrets.rotation import ManagedCredential, spec_of
 
     specs = env.settings.managed_secrets()
     history = _history(env)
     out = []
     for name in names or sorted(specs):
-        managed = ManagedCredential(env, name)  # refuses an unknown name with a sentence
-        spec = managed.spec
+        spec = spec_of(env, name)  # refuses an unknown name with a sentence
+        managed: Any = (
+            ManagedValue(env, name)
+            if spec.kind in APPLICATION_KINDS
+            else ManagedCredential(env, name)
+        )
         entry = SecretStatus(
             name,
             spec.kind,
@@ -89,18 +95,14 @@ def _fill(m: Any, entry: SecretStatus) -> None:
             entry.problems.append("its store has no secret yet (the stacks create it)")
         return
     versions = m.store.describe()
+    if entry.kind in APPLICATION_KINDS:
+        _fill_value(m, entry, versions)
+        return
     current = m.current()
     entry.current_version = current.version.id
     entry.current_role = current.credential.username
     created = current.version.created
-    if created is not None:
-        entry.rotated_at = created.isoformat()
-        entry.age_days = round((datetime.now(UTC) - created).total_seconds() / 86400, 2)
-        if entry.age_days > entry.max_age_days:
-            entry.problems.append(
-                f"its current version is {entry.age_days:.0f} days old, over the"
-                f" {entry.max_age_days:g} days of secret_max_age_days: rotate it"
-            )
+    _age(entry, created)
     entry.current_logs_in = m.logs_in(current.credential)
     if not entry.current_logs_in:
         entry.problems.append(
@@ -110,11 +112,38 @@ def _fill(m: Any, entry: SecretStatus) -> None:
     previous = m.labelled(PREVIOUS)
     if previous:
         entry.previous_role = previous[0].credential.username
-        entry.previous_valid = previous[
-            0
-        ].credential.username != current.credential.username and m.logs_in(previous[0].credential)
+        before = previous[0].credential
+        entry.previous_valid = before.username != current.credential.username and m.logs_in(before)
+    _pending_and_last(entry, versions, current.version.id)
+
+
+def _age(entry: SecretStatus, created: datetime | None) -> None:
+    if created is not None:
+        entry.rotated_at = created.isoformat()
+        entry.age_days = round((datetime.now(UTC) - created).total_seconds() / 86400, 2)
+        if entry.age_days > entry.max_age_days:
+            entry.problems.append(
+                f"its current version is {entry.age_days:.0f} days old, over the"
+                f" {entry.max_age_days:g} days of secret_max_age_days: rotate it"
+            )
+
+
+def _fill_value(m: Any, entry: SecretStatus, versions: list[Any]) -> None:
+    """An application secret: no login to try; the previous value is accepted while it
+    is labelled (revoke-previous removes both)."""
+    version, doc = m.current()
+    entry.current_version = version.id
+    entry.current_role = doc.get("kid")
+    _age(entry, version.created)
+    previous = m.labelled(PREVIOUS)
+    entry.previous_valid = bool(previous)
+    entry.previous_role = (previous[0][1].get("kid") or previous[0][0].id) if previous else None
+    _pending_and_last(entry, versions, version.id)
+
+
+def _pending_and_last(entry: SecretStatus, versions: list[Any], current_id: str) -> None:
     for version in versions:
-        if PENDING in version.labels and version.id != current.version.id:
+        if PENDING in version.labels and version.id != current_id:
             entry.half_finished = version.id
             entry.problems.append(
                 f"a rotation is half-finished (version {version.id} is {PENDING}):"

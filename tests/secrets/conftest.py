@@ -95,12 +95,13 @@ class RotationEnv:
     def canaries(self) -> None:
         """Every password the rotations made: none may show in any output."""
         add_canaries(*self.secrets_doc()["passwords"].values())
-        for name in ("app-db", "migrator"):
-            path = self.local / "secret-store" / f"{name}.json"
-            if path.exists():
-                for version in json.loads(path.read_text()).get("versions", []):
-                    value = json.loads(version["value"])
-                    add_canaries(value["password"])
+        doc = self.secrets_doc()
+        add_canaries(doc["api_token"], *doc.get("api_tokens_previous", []))
+        add_canaries(*(doc.get("signing_keys") or {}).get("keys", {}).values())
+        for path in (self.local / "secret-store").glob("*.json"):
+            for version in json.loads(path.read_text()).get("versions", []):
+                value = json.loads(version["value"])
+                add_canaries(*(value.get(k, "") for k in ("password", "token", "key")))
 
 
 @pytest.fixture(scope="module")

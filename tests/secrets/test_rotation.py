@@ -14,7 +14,7 @@ import pytest
 
 from ptool_ops import pg, privileges
 from ptool_ops.local import api as local_api
-from tests.conftest import Cli
+from tests.conftest import Cli, add_canaries
 
 from .conftest import Prober, RotationEnv
 
@@ -234,3 +234,94 @@ def test_audit_trail_and_logs_hold_no_secret(rot_env: RotationEnv, cli: Cli) -> 
     logs = trail + (rot_env.env.paths.log_dir / "api.log").read_text()
     leaked = [c for c in conftest._canaries if c in logs]
     assert not leaked, f"a secret ({leaked[0][:4]}…) is in the audit trail or the API log"
+
+
+def _ops_ok(rot: RotationEnv, token: str) -> int:
+    import httpx
+
+    response = httpx.get(
+        f"{rot.api_url()}/ops/maintenance", headers={"Authorization": f"Bearer {token}"}
+    )
+    return response.status_code
+
+
+def _reads(rot: RotationEnv, tenant: str, token: str) -> int:
+    import httpx
+
+    response = httpx.get(
+        f"{rot.api_url()}/tenants/{tenant}/bookings",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    return response.status_code
+
+
+def test_the_ops_token_rotates_with_an_overlap(rot_env: RotationEnv, cli: Cli) -> None:
+    rot_env.configure(cli)
+    old = rot_env.secrets_doc()["api_token"]
+    failures: list[int] = []
+    import threading
+
+    stop = threading.Event()
+
+    def clients() -> None:  # what ptool-ops and CI use: the token the consumers hold now
+        while not stop.is_set():
+            code = _ops_ok(rot_env, rot_env.secrets_doc()["api_token"])
+            if code != 200:
+                failures.append(code)
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=clients, daemon=True)
+    thread.start()
+    try:
+        result = cli("secrets rotate api-token --output json")
+    finally:
+        stop.set()
+        thread.join(10)
+    assert result.exit_code == 0, result.output
+    new = rot_env.secrets_doc()["api_token"]
+    assert new != old and failures == []
+    assert _ops_ok(rot_env, new) == 200 and _ops_ok(rot_env, old) == 200, "overlap"
+    assert cli("api smoke --read-only").exit_code == 0
+
+    result = cli("secrets revoke-previous api-token")
+    assert result.exit_code == 0, result.output
+    assert _ops_ok(rot_env, old) == 401 and _ops_ok(rot_env, new) == 200
+    rot_env.canaries()
+    add_canaries(old, new)
+
+
+def test_the_signing_keys_rotate_in_two_steps(rot_env: RotationEnv, cli: Cli) -> None:
+    import httpx
+
+    rot_env.configure(cli)
+    ops = rot_env.secrets_doc()["api_token"]
+    fixture = httpx.post(
+        f"{rot_env.api_url()}/ops/smoke-fixture", headers={"Authorization": f"Bearer {ops}"}
+    ).json()
+    tenant, before = fixture["tenant_id"], fixture["tenant_token"]
+    old_kid = rot_env.secrets_doc()["signing_keys"]["signing"]
+    assert before.startswith(f"v2.{old_kid}.")
+
+    result = cli("secrets rotate signing-keys --output json")
+    assert result.exit_code == 0, result.output
+    report = result.json()
+    assert [s["name"] for s in report["steps"]] == [
+        "create",
+        "propagate",
+        "propagate",
+        "verify",
+        "finish",
+    ]
+    keyset = rot_env.secrets_doc()["signing_keys"]
+    assert keyset["signing"] == report["role_after"] != old_kid
+    assert set(keyset["keys"]) == {old_kid, keyset["signing"]}
+    assert _reads(rot_env, tenant, before) == 200, "tokens of the previous key verify on"
+
+    result = cli("secrets revoke-previous signing-keys")
+    assert result.exit_code == 0, result.output
+    assert _reads(rot_env, tenant, before) == 401, "revoked: the previous key is gone"
+    fresh = httpx.post(
+        f"{rot_env.api_url()}/ops/smoke-fixture", headers={"Authorization": f"Bearer {ops}"}
+    ).json()["tenant_token"]
+    assert fresh.startswith(f"v2.{keyset['signing']}.") and _reads(rot_env, tenant, fresh) == 200
+    rot_env.canaries()
