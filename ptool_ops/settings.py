@@ -150,6 +150,12 @@ class EnvironmentSettings(BaseSettings):
         description="migrate: directory of NNNN_name.up/down/verify.sql (default: the booking"
         " migrations shipped in the package).",
     )
+    lint_start_after: str | None = Field(
+        default=None,
+        description="migrate lint: lint only the migrations after this version (e.g. 0042);"
+        " the earlier ones are still read for the tables they create. For a history older"
+        " than ptool-ops.",
+    )
     lock_timeout_ms: int = Field(
         default=2000, ge=1, description="migrate: lock_timeout of every migration statement."
     )
@@ -167,11 +173,29 @@ class EnvironmentSettings(BaseSettings):
     api_ready_timeout_s: float = Field(
         default=30.0, ge=0, description="migrate: how long the API may take to be ready."
     )
+    migrate_stats_databases: list[str] = Field(
+        default_factory=list,
+        description="migrate capture: the databases to look for pg_stat_statements in, in"
+        " order (default: the environment's database, then postgres).",
+    )
+    migrate_compat_check: bool = Field(
+        default=True,
+        description="migrate up/test: prepare the captured API statements against the"
+        " migrated schema before commit (the compatibility gate).",
+    )
 
     secrets: dict[str, ManagedSecret] = Field(
         default_factory=dict,
         description="secrets: the managed secrets, one [environments.<env>.secrets.<name>]"
         " table each (kind, roles, store, consumers); local has its own by default.",
+    )
+    status_backup_max_age_h: float = Field(
+        default=26.0, gt=0, description="status: the newest backup may be this old (hours)."
+    )
+    status_wal_lag_max_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="status: a finished WAL segment may wait this long to be archived.",
     )
     secret_revoke_grace_s: float = Field(
         default=3600.0,

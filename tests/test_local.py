@@ -41,8 +41,17 @@ def test_up_seed_status_down_up_keeps_data(cli: Cli) -> None:
     seeded = cli("local seed --tenants 3 --bookings 2000 -o json")
     assert seeded.exit_code == 0, seeded.output
 
-    status = cli("status -o json")
+    # a fresh environment has no backup yet: status names both missing kinds
+    bare = cli("status -o json")
+    assert bare.exit_code == 1, bare.output
+    assert {p.split(":")[0] for p in bare.json()["problems"]} == {"backup.age", "pitr.window"}
+    assert cli("backup create").exit_code == 0
+    assert cli("pitr base-backup").exit_code == 0
+    prom = cli.cwd / "metrics.prom"
+    status = cli(f"status -o json --prometheus {prom}")
     assert status.exit_code == 0, status.output
+    assert 'ptool_status_ok{environment="local"} 1' in prom.read_text()
+    assert 'ptool_bookings{environment="local",status="confirmed"}' in prom.read_text()
     report = status.json()
     assert report["ok"] is True
     assert report["database"]["reachable"] is True

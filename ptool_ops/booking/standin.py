@@ -9,9 +9,10 @@ request runs in a transaction with ``app.tenant_id`` set, and no query filters b
 Credentials come from the local environment's ``secrets.json`` (``app_role`` names the role in
 use; its password is in ``passwords``; ``api_token`` and ``api_tokens_previous`` are the ops
 tokens it accepts; ``signing_keys`` the tenant-token key set, a ``kid`` per key). ``SIGHUP``
-re-reads the file and swaps the connection pool without dropping a request: the new pool must log in before it replaces the old one,
-in-flight requests finish on the connections they hold, and a request that raced the swap
-retries on the new pool. A reload whose credentials do not work keeps the old pool.
+re-reads the file and swaps the connection pool without dropping a request: the new pool
+must log in before it replaces the old one, in-flight requests finish on the connections they
+hold, and a request that raced the swap retries on the new pool. A reload whose credentials
+do not work keeps the old pool.
 
 ``--old-pool-linger-s N`` plays a deployment whose old instances drain slowly: on a reload
 the old pool is not closed at once but kept open, its idle connections still logged in as

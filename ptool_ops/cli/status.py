@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -14,12 +15,37 @@ if TYPE_CHECKING:
     from ptool_ops.status import StatusReport
 
 
-def status(ctx: typer.Context) -> None:
-    """Database reachable, server version, size, schema version, invariant violations."""
-    from ptool_ops.status import collect
+def status(
+    ctx: typer.Context,
+    invariants: bool = typer.Option(
+        True,
+        "--invariants/--no-invariants",
+        help="Run the booking invariants (they read every row; off for a quick screen).",
+    ),
+    prometheus: Path | None = typer.Option(
+        None,
+        "--prometheus",
+        help="Also write the figures to FILE in Prometheus' text format (atomically).",
+        metavar="FILE",
+    ),
+) -> None:
+    """One screen: database, schema and migrations, invariants, API, newest backup, WAL
+    archiver, point-in-time window, managed secrets, booking KPIs. Exit 1 naming each
+    breached threshold (status_* and secret_max_age_days settings)."""
+    from ptool_ops.status import collect, write_prometheus
 
     app_ctx = context.get(ctx)
-    report = collect(app_ctx.env)
+    report = collect(app_ctx.env, invariants=invariants)
+    if prometheus is not None:
+        try:
+            write_prometheus(report, prometheus)
+        except OSError as err:
+            from ptool_ops.errors import ConfigError
+
+            raise ConfigError(
+                f"cannot write {prometheus}: {err.strerror}.",
+                hint="Point --prometheus at a writable file (node-exporter's textfile directory).",
+            ) from None
     app_ctx.output.result(report, lambda out: _render(out, report))
     if report.exit_code:
         raise typer.Exit(report.exit_code)
@@ -76,6 +102,30 @@ def _render(out: Console, report: StatusReport) -> None:
             )
             if api.maintenance is not None:
                 table.add_row("maintenance", "[yellow]on[/yellow]" if api.maintenance else "off")
+    for check in report.checks:
+        mark = (
+            "[dim]n/a[/dim]"
+            if check.ok is None
+            else ("[green]ok[/green]" if check.ok else "[red]breached[/red]")
+        )
+        table.add_row(check.name, f"{mark} {escape(check.detail)}")
+    if report.kpis is not None:
+        k = report.kpis
+        counts = ", ".join(f"{n} {st}" for st, n in k.bookings_by_status.items()) or "none"
+        table.add_row("bookings", counts)
+        if k.cancellation_rate_30d is not None:
+            table.add_row("cancelled (30 d)", f"{k.cancellation_rate_30d:.1%} of new bookings")
+        if k.utilisation_30d:
+            busiest = sorted(k.utilisation_30d.items(), key=lambda kv: -kv[1])[:5]
+            table.add_row(
+                "utilisation (30 d)",
+                ", ".join(f"{escape(t)} {share:.0%}" for t, share in busiest)
+                + (
+                    f" (+{len(k.utilisation_30d) - 5} tenants)"
+                    if len(k.utilisation_30d) > 5
+                    else ""
+                ),
+            )
     out.print(table)
     for problem in report.problems:
         out.print(f"[red]problem:[/red] {escape(problem)}")

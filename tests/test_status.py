@@ -1,0 +1,108 @@
+"""``ptool-ops status`` against its thresholds on a local environment: healthy exits 0; each
+fault planted on purpose makes it exit 1 naming the cause, and the Prometheus file says the
+same."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ptool_ops import privileges
+from ptool_ops.local import api as local_api
+from ptool_ops.local.env import LocalEnvironment
+from tests.conftest import Cli, add_canaries
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
+    env = LocalEnvironment(tmp_path_factory.mktemp("status") / "local")
+    env.up()
+    creds = env.facts.secrets()
+    assert creds is not None
+    add_canaries(*creds.values())
+    yield env
+    env.down()
+
+
+def configure(cli: Cli, local: LocalEnvironment) -> Path:
+    cli.write_config(f'[environments.local]\nlocal_dir = "{local.paths.root}"\n')
+    return cli.cwd / "status.prom"
+
+
+def status(cli: Cli, prom: Path) -> tuple[int, list[str], str]:
+    result = cli(f"status -o json --prometheus {prom}")
+    return result.exit_code, result.json()["problems"], prom.read_text()
+
+
+def owner(local: LocalEnvironment) -> psycopg.Connection[object]:
+    return psycopg.connect(local.facts.role_url(privileges.OWNER), autocommit=True)
+
+
+def test_healthy_then_each_fault_is_named(cli: Cli, local: LocalEnvironment) -> None:
+    prom = configure(cli, local)
+    assert cli("local seed --tenants 2 --bookings 300").exit_code == 0
+    assert cli("backup create").exit_code == 0
+    assert cli("pitr base-backup").exit_code == 0
+    code, problems, text = status(cli, prom)
+    assert (code, problems) == (0, []), problems
+    assert 'ptool_status_ok{environment="local"} 1' in text
+    assert 'ptool_check_ok{environment="local",check="backup.age"} 1' in text
+
+    # a migration left 'running' (a no-transaction run killed half-way)
+    with owner(local) as conn:
+        conn.execute("SET ROLE booking_migrator")
+        newest = conn.execute("SELECT max(version) FROM ptool_ops.migration_history").fetchone()
+        assert newest is not None
+        conn.execute(
+            "UPDATE ptool_ops.migration_history SET outcome = 'running' WHERE version = %s",
+            (newest[0],),
+        )
+    try:
+        code, problems, text = status(cli, prom)
+        assert code == 1 and any(p.startswith("migrations.interrupted") for p in problems)
+        assert 'check="migrations.interrupted"} 0' in text
+    finally:
+        with owner(local) as conn:
+            conn.execute("SET ROLE booking_migrator")
+            conn.execute(
+                "UPDATE ptool_ops.migration_history SET outcome = 'applied' WHERE version = %s",
+                (newest[0],),
+            )
+
+    # an invariant violation: row-level security switched off
+    with owner(local) as conn:
+        conn.execute("SET ROLE booking_migrator")
+        conn.execute("ALTER TABLE booking.bookings DISABLE ROW LEVEL SECURITY")
+    try:
+        code, problems, text = status(cli, prom)
+        assert code == 1 and any("invariant violation" in p for p in problems), problems
+        assert 'ptool_invariant_violations{environment="local",invariant="rls_enabled"} 1' in text
+    finally:
+        with owner(local) as conn:
+            conn.execute("SET ROLE booking_migrator")
+            conn.execute("ALTER TABLE booking.bookings ENABLE ROW LEVEL SECURITY")
+
+    # the API stopped
+    local_api.stop(local.paths)
+    try:
+        code, problems, text = status(cli, prom)
+        assert code != 0 and any("API" in p for p in problems), problems
+    finally:
+        local_api.start(local.paths, local.facts.require_running().port)
+
+    # the newest (only) backup deleted
+    backups = sorted((local.paths.repo / "backups").iterdir())
+    manifest = backups[-1] / "manifest.json"
+    kept = manifest.read_bytes()
+    manifest.unlink()
+    try:
+        code, problems, text = status(cli, prom)
+        assert code == 1 and any(p.startswith("backup.age") for p in problems), problems
+        assert 'check="backup.age"} 0' in text and 'ptool_status_ok{environment="local"} 0' in text
+    finally:
+        manifest.write_bytes(kept)
+    code, problems, _ = status(cli, prom)
+    assert (code, problems) == (0, [])
