@@ -25,6 +25,7 @@ from ptool_ops.cli import doctor as doctor_cli
 from ptool_ops.cli import local as local_cli
 from ptool_ops.cli import migrate as migrate_cli
 from ptool_ops.cli import pitr as pitr_cli
+from ptool_ops.cli import runbook as runbook_cli
 from ptool_ops.cli import secrets as secrets_cli
 from ptool_ops.cli import status as status_cli
 from ptool_ops.cli.args import hoist_global_options
@@ -134,6 +135,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(backup_cli.app, name="backup")
 app.add_typer(migrate_cli.app, name="migrate")
 app.add_typer(pitr_cli.app, name="pitr")
+app.add_typer(runbook_cli.app, name="runbook")
 app.add_typer(secrets_cli.app, name="secrets")
 app.command("status")(status_cli.status)
 app.command("doctor")(doctor_cli.doctor)
