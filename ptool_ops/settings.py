@@ -192,6 +192,9 @@ class EnvironmentSettings(BaseSettings):
     status_backup_max_age_h: float = Field(
         default=26.0, gt=0, description="status: the newest backup may be this old (hours)."
     )
+    status_drill_max_age_days: float = Field(
+        default=35.0, gt=0, description="status: the newest passed restore drill may be this old."
+    )
     status_wal_lag_max_s: float = Field(
         default=300.0,
         gt=0,

@@ -120,6 +120,7 @@ def _thresholds(env: Environment, report: StatusReport) -> None:
         except PtoolError as err:
             report.breach(Check("database", False, err.message.rstrip(".")))
     report.breach(status_checks.backup_age(env, now))
+    report.breach(status_checks.drill_age(env, now))
     for check in status_checks.secrets(env):
         report.breach(check)
 

@@ -115,6 +115,40 @@ def backup_age(env: Environment, now: datetime) -> Check:
     )
 
 
+def drill_age(env: Environment, now: datetime) -> Check:
+    """The newest successful restore drill (``ptool-ops drill run``) against its threshold."""
+    from ptool_ops import drill
+
+    limit = env.settings.status_drill_max_age_days
+    try:
+        found = drill.history(env.repository())
+    except PtoolError as err:
+        return _failed("drill.age", err)
+    passed = [d for d in found if d.get("ok")]
+    if not passed:
+        failed = f" ({len(found)} failed)" if found else ""
+        return Check(
+            "drill.age",
+            False,
+            f"no successful restore drill recorded{failed}: run 'ptool-ops drill run'",
+            None,
+            limit,
+            "days",
+        )
+    newest = passed[-1]
+    days = (now - datetime.fromisoformat(str(newest["started_at"]))).total_seconds() / 86400
+    rto = ", ".join(f"{p['kind']} {p['rto_s']:.1f} s" for p in newest["parts"] if p.get("rto_s"))
+    return Check(
+        "drill.age",
+        days <= limit,
+        f"drill {newest['id']} passed {days:.1f} days ago (RTO {rto or '?'}; threshold"
+        f" {limit:g} days, status_drill_max_age_days)",
+        round(days, 3),
+        limit,
+        "days",
+    )
+
+
 def wal_archiver(env: Environment, conn: psycopg.Connection[Any], now: datetime) -> Check:
     """Breached when the archiver's last attempt failed, or a finished segment has waited
     longer than the threshold (an idle server that archives nothing is not behind)."""
@@ -140,14 +174,17 @@ def wal_archiver(env: Environment, conn: psycopg.Connection[Any], now: datetime)
             limit,
             "s",
         )
-    behind = _segments_between(archived, current)
+    # a backup's history file (000000010000000000000004.00000028.backup) names its segment
+    segment = archived[:24] if archived else None
+    behind = _segments_between(segment, current)
     lag = (now - archived_at).total_seconds() if archived_at is not None else None
     late = behind is not None and behind > 1 and lag is not None and lag > limit
-    detail = (
-        f"last archived {archived} {lag:.0f} s ago, {behind} segment(s) behind the current one"
-        if archived and lag is not None
-        else "nothing archived yet"
-    )
+    if archived and lag is not None:
+        detail = f"last archived {archived} {lag:.0f} s ago"
+        if behind is not None:
+            detail += f", {behind} segment(s) behind the one being written"
+    else:
+        detail = "nothing archived yet"
     return Check(
         "wal.lag", not late, detail, round(lag, 1) if lag is not None else None, limit, "s"
     )

@@ -88,7 +88,7 @@ def test_every_command_works_with_the_deployed_roles(
     # nothing is wrong but the backup the repository does not hold yet
     first = cli("--env ops status -o json")
     assert first.exit_code == 1, first.output
-    assert [p.split(":")[0] for p in first.json()["problems"]] == ["backup.age"]
+    assert [p.split(":")[0] for p in first.json()["problems"]] == ["backup.age", "drill.age"]
     assert ok("migrate status")["counts"]["pending"] == 1
     assert ok("migrate plan")["pending"][0]["version"] == "0006"
     tested = ok("migrate test")
@@ -104,6 +104,8 @@ def test_every_command_works_with_the_deployed_roles(
     assert ok(f"backup restore latest --target-db {target}")["ok"] is True
     in_place = ok("--yes backup restore latest --in-place")
     assert in_place["ok"] is True and in_place["previous_database"]
+    drilled = ok("drill run")
+    assert drilled["ok"] is True and drilled["parts"][0]["rto_s"] > 0
     assert ok("status")["ok"] is True
     assert ok("--yes backup prune --keep-last 1")["kept"]
     assert ok("api smoke")["ok"] is True

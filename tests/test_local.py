@@ -44,9 +44,14 @@ def test_up_seed_status_down_up_keeps_data(cli: Cli) -> None:
     # a fresh environment has no backup yet: status names both missing kinds
     bare = cli("status -o json")
     assert bare.exit_code == 1, bare.output
-    assert {p.split(":")[0] for p in bare.json()["problems"]} == {"backup.age", "pitr.window"}
+    assert {p.split(":")[0] for p in bare.json()["problems"]} == {
+        "backup.age",
+        "pitr.window",
+        "drill.age",
+    }
     assert cli("backup create").exit_code == 0
     assert cli("pitr base-backup").exit_code == 0
+    assert cli("drill run").exit_code == 0
     prom = cli.cwd / "metrics.prom"
     status = cli(f"status -o json --prometheus {prom}")
     assert status.exit_code == 0, status.output

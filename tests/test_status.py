@@ -46,10 +46,17 @@ def test_healthy_then_each_fault_is_named(cli: Cli, local: LocalEnvironment) -> 
     assert cli("local seed --tenants 2 --bookings 300").exit_code == 0
     assert cli("backup create").exit_code == 0
     assert cli("pitr base-backup").exit_code == 0
+    drilled = cli("drill run -o json")
+    assert drilled.exit_code == 0, drilled.output
+    parts = {p["kind"]: p for p in drilled.json()["parts"]}
+    assert parts.keys() == {"logical", "point-in-time"}
+    assert all(p["ok"] and p["rto_s"] > 0 for p in parts.values())
+    assert [d["id"] for d in cli("drill list -o json").json()] == [drilled.json()["id"]]
     code, problems, text = status(cli, prom)
     assert (code, problems) == (0, []), problems
     assert 'ptool_status_ok{environment="local"} 1' in text
     assert 'ptool_check_ok{environment="local",check="backup.age"} 1' in text
+    assert 'ptool_check_ok{environment="local",check="drill.age"} 1' in text
 
     # a migration left 'running' (a no-transaction run killed half-way)
     with owner(local) as conn:

@@ -22,6 +22,7 @@ from ptool_ops.cli import audit as audit_cli
 from ptool_ops.cli import backup as backup_cli
 from ptool_ops.cli import config as config_cli
 from ptool_ops.cli import doctor as doctor_cli
+from ptool_ops.cli import drill as drill_cli
 from ptool_ops.cli import local as local_cli
 from ptool_ops.cli import migrate as migrate_cli
 from ptool_ops.cli import pitr as pitr_cli
@@ -133,6 +134,7 @@ app.add_typer(api_cli.app, name="api")
 app.add_typer(config_cli.app, name="config")
 app.add_typer(audit_cli.app, name="audit")
 app.add_typer(backup_cli.app, name="backup")
+app.add_typer(drill_cli.app, name="drill")
 app.add_typer(migrate_cli.app, name="migrate")
 app.add_typer(pitr_cli.app, name="pitr")
 app.add_typer(runbook_cli.app, name="runbook")

@@ -1,0 +1,188 @@
+"""Restore drills: prove the newest backup restores, and measure how long it takes.
+
+``ptool-ops drill run`` restores the newest logical backup into a scratch database (its
+objects checksummed, then restored, the booking invariants run and every table's row count
+checked against the manifest; the scratch database dropped) and -- where the environment
+archives its WAL -- restores the newest point the archive holds into a scratch copy beside
+live (invariants run, the copy dropped). Each part's RTO is the time to a checked copy; the
+RPO is the age of the newest archived WAL at the start.
+
+The evidence is written to the environment's repository (``drills/<id>.json``), where every
+operator and CI run sees it and ``status`` finds the newest successful drill, and audited as
+``drill.run``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ptool_ops.audit import audited
+from ptool_ops.errors import PtoolError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ptool_ops.environment import Environment
+    from ptool_ops.repo.repository import Repository
+
+PREFIX = "drills"
+
+
+@dataclass
+class DrillPart:
+    kind: str  # logical | point-in-time
+    ok: bool
+    rto_s: float | None = None
+    source: str | None = None  # the backup id / the restore target
+    problems: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DrillResult:
+    id: str
+    started_at: str
+    environment: str
+    parts: list[DrillPart] = field(default_factory=list)
+    rpo_s: float | None = None
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.parts) and all(p.ok for p in self.parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ok": self.ok,
+            "started_at": self.started_at,
+            "environment": self.environment,
+            "rpo_s": self.rpo_s,
+            "parts": [vars(p) for p in self.parts],
+            "skipped": self.skipped,
+        }
+
+
+def _logical(env: Environment, progress: Callable[[str], None]) -> DrillPart:
+    from ptool_ops.backup.verify import verify
+
+    progress("logical: restoring the newest backup into a scratch database")
+    clock = time.monotonic()
+    try:
+        checked = verify(env, "latest", restore=True)
+    except PtoolError as err:
+        return DrillPart("logical", False, problems=[err.message.rstrip(".")])
+    rto = round(time.monotonic() - clock, 3)
+    restored = checked.restore or {}
+    return DrillPart(
+        "logical",
+        checked.ok,
+        rto,
+        checked.id,
+        list(checked.problems),
+        {
+            "scratch_database": restored.get("scratch_database"),
+            "invariants_ok": (restored.get("invariants") or {}).get("ok"),
+            "row_count_mismatches": restored.get("row_count_mismatches", []),
+        },
+    )
+
+
+def _point_in_time(
+    env: Environment, result: DrillResult, progress: Callable[[str], None]
+) -> DrillPart | None:
+    """The newest archived moment restored beside live; None when there is nothing to
+    drill here (said in ``result.skipped``)."""
+    from ptool_ops.pitr import restore, window
+    from ptool_ops.pitr.target import Target
+
+    if env.kind == "neon":
+        result.skipped.append("point-in-time: Neon restores through branches, not an archive")
+        return None
+    try:
+        found = window.window(env.repository())
+    except PtoolError as err:
+        return DrillPart("point-in-time", False, problems=[err.message.rstrip(".")])
+    if found.base_backups == 0:
+        result.skipped.append("point-in-time: the repository holds no base backup")
+        return None
+    result.rpo_s = found.newest_wal_age_s
+    current = found.current
+    if current is None or current.newest_archived_at is None:
+        return DrillPart(
+            "point-in-time", False, problems=["the current timeline has no archived WAL"]
+        )
+    # the newest moment the archive surely holds: just before its newest segment was stored,
+    # and never before the oldest base backup's end (a restore would refuse it)
+    moment = datetime.fromisoformat(current.newest_archived_at) - timedelta(seconds=1)
+    if current.earliest_time is not None:
+        moment = max(
+            moment, datetime.fromisoformat(current.earliest_time) + timedelta(milliseconds=1)
+        )
+    target = Target("time", time=moment.astimezone(UTC))
+    progress(f"point-in-time: restoring {target.describe()} beside live")
+    clock = time.monotonic()
+    try:
+        restored = restore.restore(env, target, compare_live=False)
+    except PtoolError as err:
+        return DrillPart(
+            "point-in-time", False, source=target.describe(), problems=[err.message.rstrip(".")]
+        )
+    rto = round(time.monotonic() - clock, 3)
+    problems = [] if restored.ok else ["invariant violation(s) in the restored copy"]
+    try:
+        restore.drop(env, restored.id)
+    except PtoolError as err:
+        problems.append(f"the scratch copy {restored.id} could not be dropped: {err.message}")
+    return DrillPart(
+        "point-in-time",
+        not problems,
+        rto,
+        target.describe(),
+        problems,
+        {"restore_id": restored.id, "elapsed_s": restored.elapsed_s, "dropped": not problems},
+    )
+
+
+def run(
+    env: Environment, *, pitr: bool = True, progress: Callable[[str], None] | None = None
+) -> DrillResult:
+    """Run the drill, record its evidence, and return it (a failed drill is a result, not
+    a raise: the evidence of a failure matters as much)."""
+    from ptool_ops.backup.listing import new_id
+
+    say = progress or (lambda line: None)
+    result = DrillResult(new_id(), datetime.now(UTC).isoformat(timespec="seconds"), env.name)
+    with audited(
+        env, "drill.run", {"drill_id": result.id}, done=lambda: f"drill {result.id} ran"
+    ) as entry:
+        result.parts.append(_logical(env, say))
+        if pitr:
+            part = _point_in_time(env, result, say)
+            if part is not None:
+                result.parts.append(part)
+        else:
+            result.skipped.append("point-in-time: --no-pitr")
+        env.repository().put_json(f"{PREFIX}/{result.id}.json", result.to_dict())
+        entry.details.update(
+            ok=result.ok,
+            rpo_s=result.rpo_s,
+            rto_s={p.kind: p.rto_s for p in result.parts},
+            problems=[q for p in result.parts for q in p.problems][:5],
+        )
+    return result
+
+
+def history(repo: Repository) -> list[dict[str, Any]]:
+    """Every recorded drill, oldest first (unreadable records are left out)."""
+    found = []
+    for info in repo.storage.list(f"{PREFIX}/"):
+        if not info.key.endswith(".json"):
+            continue
+        doc = repo.get_json(info.key)
+        if doc is not None and "started_at" in doc:
+            found.append(doc)
+    return sorted(found, key=lambda d: str(d["started_at"]))
