@@ -523,18 +523,22 @@ def restore(
     dry_run: bool = False,
     progress: Progress | None = None,
     lock_wait_s: float | None = None,
+    source: Environment | None = None,
 ) -> RestoreResult:
     """Restore a backup into a new database (default) or in place of the current one.
     ``lock_wait_s``: how long the swap waits for a running migration (default: the
-    environment's ``migrate_lock_wait_s``)."""
+    environment's ``migrate_lock_wait_s``). ``source``: the environment whose repository
+    holds the backup (disaster recovery: prod's backup into dr's server); audited in
+    ``env``'s trail, with the source named."""
     report: Progress = progress or (lambda stage, done, total: None)
     if in_place and target_db:
         raise UsageError(
             "--in-place and --target-db exclude each other.",
             hint="Use --in-place to replace the environment's database, or --target-db NAME.",
         )
-    repo = env.repository()
-    manifest = resolve(repo, backup_id, must_exist=must_exist(env))
+    origin = source or env
+    repo = origin.repository()
+    manifest = resolve(repo, backup_id, must_exist=must_exist(origin))
     duty = "backup.restore_in_place" if in_place else "backup.restore"
     url = env.database(duty).url
     current = str(pg._params(url).get("dbname") or manifest.database)
@@ -572,7 +576,13 @@ def restore(
     with audited(
         env,
         "backup.restore",
-        {"backup_id": manifest.id, "target": result.target_database, "in_place": in_place},
+        {
+            "backup_id": manifest.id,
+            "target": result.target_database,
+            "in_place": in_place,
+            "source_environment": origin.name,
+            "source_repository": repo.url,
+        },
         done=done,
     ) as record:
         with swap.target_lock(url, target, in_place_of=current if in_place else None):

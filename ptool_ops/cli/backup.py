@@ -216,9 +216,17 @@ def restore(
         help="In place: seconds the swap waits for a running migration "
         "(default: migrate_lock_wait_s).",
     ),
+    from_env: str | None = typer.Option(
+        None,
+        "--from-env",
+        help="Disaster recovery: take the backup from this environment's repository (and"
+        " key) and restore it into --env's server.",
+        metavar="ENV",
+    ),
 ) -> None:
     """Restore a backup into a new database (default) or in place; checksums first,
-    invariants after. --dry-run prints the plan."""
+    invariants after. --dry-run prints the plan. With --from-env, another environment's
+    backup (e.g. prod's) is restored into this one's server (e.g. dr)."""
     from ptool_ops import backup
     from ptool_ops.errors import UsageError
 
@@ -233,6 +241,7 @@ def restore(
         app_ctx.confirm(
             f"Replace the database of protected environment {env.name!r} with backup {backup_id}"
         )
+    source = app_ctx.other_env(from_env) if from_env else None
     with _byte_progress(app_ctx, "restoring") as progress:
         result = backup.restore(
             env,
@@ -243,6 +252,7 @@ def restore(
             dry_run=app_ctx.dry_run,
             progress=progress,
             lock_wait_s=lock_wait,
+            source=source,
         )
 
     def render(out: Console) -> None:

@@ -54,6 +54,16 @@ class AppContext:
             self._env = Environment(self.settings, on_secret=self.redactor.add)
         return self._env
 
+    def other_env(self, name: str) -> Environment:
+        """Another environment of the same configuration (disaster recovery reads one
+        environment's repository into another's server); its secrets are redacted too."""
+        from ptool_ops.environment import Environment
+        from ptool_ops.settings import load_environment
+
+        settings = load_environment(name)
+        self.redactor.add(*settings.secret_values())
+        return Environment(settings, on_secret=self.redactor.add)
+
     def fail(self, err: PtoolError) -> NoReturn:
         """End a command whose result was already shown: its sentence for people, its code.
 
