@@ -195,6 +195,9 @@ class EnvironmentSettings(BaseSettings):
     status_drill_max_age_days: float = Field(
         default=35.0, gt=0, description="status: the newest passed restore drill may be this old."
     )
+    drill_rto_target_s: float = Field(
+        default=3600.0, gt=0, description="report: the recovery time a restore drill must beat."
+    )
     status_wal_lag_max_s: float = Field(
         default=300.0,
         gt=0,

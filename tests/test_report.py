@@ -1,0 +1,78 @@
+"""``ptool-ops report --html``: one self-contained page, rendered by headless Chromium
+(Debian's chromium; .ci/run installs it)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ptool_ops.local.env import LocalEnvironment
+from tests.conftest import Cli, add_canaries
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
+    env = LocalEnvironment(tmp_path_factory.mktemp("report") / "local")
+    env.up(api=False)
+    creds = env.facts.secrets()
+    assert creds is not None
+    add_canaries(*creds.values())
+    yield env
+    env.down()
+
+
+def dump_dom(page: Path, profile: Path) -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does)")
+    done = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_the_report_renders_every_section(cli: Cli, local: LocalEnvironment) -> None:
+    cli.write_config(f'[environments.local]\nlocal_dir = "{local.paths.root}"\n')
+    assert cli("local seed --tenants 2 --bookings 200").exit_code == 0
+    assert cli("backup create").exit_code == 0
+    assert cli("pitr base-backup").exit_code == 0
+    assert cli("drill run --no-pitr").exit_code == 0
+    page = cli.cwd / "out" / "report.html"
+
+    made = cli(f"report --html {page} -o json")
+    assert made.exit_code == 0, made.output
+    text = page.read_text()
+    assert "<script" not in text and "http://" not in text.replace("http://www.w3.org", "")
+    dom = dump_dom(page, cli.cwd / "chromium")
+    for section in ("summary", "backups", "pitr", "drills", "secrets", "audit"):
+        assert f'<section id="{section}">' in dom, section
+    assert "Nothing needs attention." in dom
+    assert "hash chain intact" in dom and re.search(r"<svg[^>]*>.*<rect", dom, re.DOTALL)
+
+    # one byte of the audit trail changed: the page says so, and the command exits 1
+    trail = cli.cwd / ".ptool" / "audit" / "local.jsonl"
+    trail.write_text(trail.read_text().replace('"ok"', '"OK"', 1))
+    broken = cli(f"report --html {page}")
+    assert broken.exit_code == 1 and "audit chain broken" in broken.output
+    assert "chain broken at line 1" in dump_dom(page, cli.cwd / "chromium")
