@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from ptool_ops.cli.context import AppContext
-    from ptool_ops.secrets.rotation import RotationReport
+    from ptool_ops.secrets.protocol import RotationReport
 
 app = typer.Typer(help="Managed secrets: rotation with no downtime, rollback, revocation.")
 
@@ -150,7 +150,9 @@ def rotate_cmd(ctx: typer.Context, name: str = NAME) -> None:
 
     app_ctx = context.get(ctx)
     if app_ctx.dry_run:
-        spec = rotation.spec_of(app_ctx.env, name)
+        from ptool_ops.secrets.protocol import spec_of
+
+        spec = spec_of(app_ctx.env, name)
         app_ctx.output.result(
             {"dry_run": True, "secret": name, "kind": spec.kind, "roles": spec.roles}, None
         )

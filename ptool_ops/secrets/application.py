@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from ptool_ops.errors import ConfigError, ManualActionRequired, OperationFailed, PtoolError, Refused
-from ptool_ops.secrets.rotation import (
+from ptool_ops.secrets.protocol import (
     Progress,
     RevokeReport,
     RotationReport,
     StepResult,
-    _ago,
-    _timed,
+    ago,
     consumer_for,
     spec_of,
+    timed,
 )
 from ptool_ops.secrets.store import CURRENT, PENDING, PREVIOUS, Version, open_store
 
@@ -241,20 +241,20 @@ def _rotate(m: ManagedValue) -> RotationReport:
     # what was accepted beside the current value stays accepted until revoke-previous
     earlier = [d for _, d in m.labelled(PREVIOUS)]
     try:
-        with _timed(report, "create", m.progress) as step:
+        with timed(report, "create", m.progress) as step:
             if pending:
                 step.outcome, step.detail = "skipped", f"version {token} is already pending"
             else:
                 m.store.put_pending(token, json.dumps(new))
                 step.detail = f"version {token} stored as {PENDING}"
         if m.keyset:
-            with _timed(report, "propagate", m.progress) as step:
+            with timed(report, "propagate", m.progress) as step:
                 m.point(current, [new, *earlier], "propagate")
                 step.detail = f"every consumer verifies {new['kid']} beside {current['kid']}"
-        with _timed(report, "propagate", m.progress) as step:
+        with timed(report, "propagate", m.progress) as step:
             report.consumers = m.point(new, [current, *earlier], "propagate")
             step.detail = ", ".join(report.consumers) or "no consumers"
-        with _timed(report, "verify", m.progress) as step:
+        with timed(report, "verify", m.progress) as step:
             step.detail = m.verify(new, [current])
     except PtoolError as err:
         _undo(m, report, current, new, earlier, token, err)
@@ -263,7 +263,7 @@ def _rotate(m: ManagedValue) -> RotationReport:
         interrupted = OperationFailed("the rotation was interrupted.")
         _undo(m, report, current, new, earlier, token, interrupted)
         raise AssertionError("unreachable") from None
-    with _timed(report, "finish", m.progress) as step:
+    with timed(report, "finish", m.progress) as step:
         m.store.move_label(CURRENT, token, from_version=current_version.id)
         m.store.remove_label(PENDING, token)
         step.detail = f"{token} is {CURRENT}; {current_version.id} is {PREVIOUS}"
@@ -326,10 +326,10 @@ def rollback(env: Environment, name: str, *, progress: Progress | None = None) -
             )
         back_version, back = previous[0]
         try:
-            with _timed(report, "propagate", m.progress) as step:
+            with timed(report, "propagate", m.progress) as step:
                 report.consumers = m.point(back, [current], "propagate")
                 step.detail = ", ".join(report.consumers) or "no consumers"
-            with _timed(report, "verify", m.progress) as step:
+            with timed(report, "verify", m.progress) as step:
                 step.detail = m.verify(back, [current])
         except PtoolError as err:
             m.point(current, [back], "roll back")
@@ -338,7 +338,7 @@ def rollback(env: Environment, name: str, *, progress: Progress | None = None) -
                 " current value again and the labels are unchanged.",
                 hint=err.hint,
             ) from None
-        with _timed(report, "finish", m.progress) as step:
+        with timed(report, "finish", m.progress) as step:
             m.store.move_label(CURRENT, back_version.id, from_version=current_version.id)
             step.detail = f"{back_version.id} is {CURRENT} again"
         entry.details.update(outcome=report.outcome)
@@ -363,7 +363,7 @@ def revoke_previous(
             age = (datetime.now(UTC) - since).total_seconds()
             if age < grace:
                 raise Refused(
-                    f"{name} was rotated {_ago(age)} ago; its previous value stays accepted for"
+                    f"{name} was rotated {ago(age)} ago; its previous value stays accepted for"
                     f" the grace period ({grace:g} s, secret_revoke_grace_s) so clients and"
                     " tokens made with it keep working.",
                     hint="Wait, or pass --force to revoke it now.",

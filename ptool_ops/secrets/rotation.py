@@ -22,11 +22,8 @@ current must log in, or nothing is done (drift is reported, never rotated over).
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -40,57 +37,22 @@ from ptool_ops.errors import (
     Refused,
 )
 from ptool_ops.secrets.credential import Credential, logs_in, new_password, probe
-from ptool_ops.secrets.spec import APPLICATION_KINDS, ManagedSecret
+from ptool_ops.secrets.protocol import (
+    Progress,
+    RevokeReport,
+    RotationReport,
+    StepResult,
+    ago,
+    consumer_for,
+    spec_of,
+    timed,
+)
+from ptool_ops.secrets.spec import APPLICATION_KINDS
 from ptool_ops.secrets.store import CURRENT, PENDING, PREVIOUS, SecretStore, Version, open_store
 
 if TYPE_CHECKING:
     from ptool_ops.environment import Environment
     from ptool_ops.secrets.consumers import Consumer
-    from ptool_ops.secrets.spec import ConsumerSpec
-
-Progress = Callable[[str, str], None]
-
-STEPS = ("create", "set", "test", "propagate", "verify", "finish")
-
-
-@dataclass
-class StepResult:
-    name: str
-    outcome: str  # done | skipped | failed | undone
-    detail: str = ""
-    elapsed_s: float = 0.0
-
-
-@dataclass
-class RotationReport:
-    secret: str
-    kind: str
-    store: str
-    outcome: str  # rotated | rolled back | nothing to do
-    token: str | None = None
-    role_before: str | None = None
-    role_after: str | None = None
-    recovered: str | None = None  # what became of a half-finished rotation found first
-    notes: list[str] = field(default_factory=list)
-    consumers: list[str] = field(default_factory=list)
-    steps: list[StepResult] = field(default_factory=list)
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "secret": self.secret,
-            "kind": self.kind,
-            "store": self.store,
-            "outcome": self.outcome,
-            "token": self.token,
-            "role_before": self.role_before,
-            "role_after": self.role_after,
-            "recovered": self.recovered,
-            "notes": self.notes,
-            "consumers": self.consumers,
-            "steps": [vars(s) for s in self.steps],
-            "error": self.error,
-        }
 
 
 @dataclass(frozen=True)
@@ -99,18 +61,6 @@ class Labelled:
 
     version: Version
     credential: Credential
-
-
-def spec_of(env: Environment, name: str) -> ManagedSecret:
-    specs = env.settings.managed_secrets()
-    if name not in specs:
-        known = ", ".join(sorted(specs)) or "none"
-        raise ConfigError(
-            f"{name!r} is not a managed secret of environment {env.name!r} (managed: {known}).",
-            hint=f"Declare it in [environments.{env.name}.secrets.{name}] of ptool-ops.toml;"
-            " 'ptool-ops secrets list' shows what is managed.",
-        )
-    return specs[name]
 
 
 class ManagedCredential:
@@ -282,79 +232,6 @@ class ManagedCredential:
             )
 
 
-def consumer_for(env: Environment, name: str, kind: str, spec: ConsumerSpec) -> Consumer:
-    """The consumer ``spec`` names, for secret ``name`` of ``kind``."""
-    settings = env.settings
-    timeout = settings.secret_deploy_timeout_s
-    if spec.type == "local":
-        from ptool_ops.secrets.local import LocalConsumer
-
-        local = env.local
-        if local is None:
-            raise ConfigError(
-                f"secret {name!r} names the consumer 'local', which only the local"
-                " environment has.",
-                hint="Use railway or vercel consumers for a deployed environment.",
-            )
-        return LocalConsumer(local, kind, spec.variable)
-    if spec.type == "railway":
-        from ptool_ops.platform.railway import RailwayClient
-        from ptool_ops.secrets.consumers import RailwayConsumer
-
-        ids = (
-            settings.railway_project_id,
-            settings.railway_environment_id,
-            settings.railway_service_id,
-        )
-        if not all(ids):
-            raise ConfigError(
-                f"secret {name!r} has a Railway consumer, but environment"
-                f" {env.name!r} lacks railway_project_id, railway_environment_id or"
-                " railway_service_id.",
-                hint="Set them (the stack's outputs name them) in ptool-ops.toml.",
-            )
-        project, environment, service = (str(i) for i in ids)
-        return RailwayConsumer(
-            RailwayClient.from_settings(settings),
-            project_id=project,
-            environment_id=environment,
-            service_id=service,
-            timeout_s=timeout,
-            interval_s=settings.secret_deploy_poll_s,
-        )
-    from ptool_ops.platform.vercel import VercelClient
-    from ptool_ops.secrets.consumers import VercelConsumer
-
-    if not settings.vercel_project_id:
-        raise ConfigError(
-            f"secret {name!r} has a Vercel consumer, but environment"
-            f" {env.name!r} has no vercel_project_id.",
-            hint="Set it (the stack's output names it) in ptool-ops.toml.",
-        )
-    return VercelConsumer(
-        VercelClient.from_settings(settings),
-        project_id=settings.vercel_project_id,
-        targets=tuple(spec.targets),
-        timeout_s=timeout,
-        interval_s=settings.secret_deploy_poll_s,
-    )
-
-
-@contextmanager
-def _timed(report: RotationReport, name: str, progress: Progress) -> Iterator[StepResult]:
-    step = StepResult(name, "done")
-    report.steps.append(step)
-    progress(name, "")
-    start = time.monotonic()
-    try:
-        yield step
-    except BaseException:
-        step.outcome = "failed"
-        raise
-    finally:
-        step.elapsed_s = round(time.monotonic() - start, 3)
-
-
 def rotate(env: Environment, name: str, *, progress: Progress | None = None) -> RotationReport:
     """Rotate ``name``; audited as ``secrets.rotate``. A failure before ``finish`` is rolled
     back and raised as :class:`OperationFailed` with the report in its details."""
@@ -421,25 +298,25 @@ def _rotate(m: ManagedCredential) -> RotationReport:
                 " working (a password is checked at login); new logins use the new one"
             )
     try:
-        with _timed(report, "create", m.progress) as step:
+        with timed(report, "create", m.progress) as step:
             if pending is not None:
                 step.outcome, step.detail = "skipped", f"version {token} is already pending"
             else:
                 m.store.put_pending(token, new.to_json())
                 step.detail = f"version {token} stored as {PENDING}"
-        with _timed(report, "set", m.progress) as step:
+        with timed(report, "set", m.progress) as step:
             if m.logs_in(new):
                 step.outcome, step.detail = "skipped", f"{target} already has it"
             else:
                 m.set_password(target, new.password.get_secret_value())
                 step.detail = f"ALTER ROLE {target} PASSWORD"
-        with _timed(report, "test", m.progress) as step:
+        with timed(report, "test", m.progress) as step:
             m.check_works(new, reference=current.credential if m.alternating else None)
             step.detail = f"{target} logs in and holds the privileges of the login in use"
-        with _timed(report, "propagate", m.progress) as step:
+        with timed(report, "propagate", m.progress) as step:
             report.consumers = m.point_consumers(new, "propagate")
             step.detail = ", ".join(report.consumers) or "no consumers"
-        with _timed(report, "verify", m.progress) as step:
+        with timed(report, "verify", m.progress) as step:
             step.detail = _verify(m, new)
     except PtoolError as err:
         _roll_back(m, report, current, token, err)
@@ -447,7 +324,7 @@ def _rotate(m: ManagedCredential) -> RotationReport:
     except KeyboardInterrupt:
         _roll_back(m, report, current, token, OperationFailed("the rotation was interrupted."))
         raise AssertionError("unreachable") from None
-    with _timed(report, "finish", m.progress) as step:
+    with timed(report, "finish", m.progress) as step:
         m.store.move_label(CURRENT, token, from_version=current.version.id)
         m.store.remove_label(PENDING, token)
         step.detail = f"{token} is {CURRENT}; {current.version.id} is {PREVIOUS}"
@@ -601,10 +478,10 @@ def _rollback(m: ManagedCredential) -> RotationReport:
             hint=f"Rotate instead: 'ptool-ops secrets rotate {m.name}'.",
         )
     try:
-        with _timed(report, "propagate", m.progress) as step:
+        with timed(report, "propagate", m.progress) as step:
             report.consumers = m.point_consumers(back.credential, "propagate")
             step.detail = ", ".join(report.consumers) or "no consumers"
-        with _timed(report, "verify", m.progress) as step:
+        with timed(report, "verify", m.progress) as step:
             step.detail = _verify(m, back.credential)
     except PtoolError as err:
         try:
@@ -621,23 +498,10 @@ def _rollback(m: ManagedCredential) -> RotationReport:
             f" {current.credential.username} again and the labels are unchanged.",
             hint=err.hint,
         ) from None
-    with _timed(report, "finish", m.progress) as step:
+    with timed(report, "finish", m.progress) as step:
         m.store.move_label(CURRENT, back.version.id, from_version=current.version.id)
         step.detail = f"{back.version.id} is {CURRENT} again; {current.version.id} is {PREVIOUS}"
     return report
-
-
-@dataclass
-class RevokeReport:
-    secret: str
-    role: str | None
-    version: str | None
-    outcome: str  # revoked | nothing to revoke
-    sessions: list[dict[str, Any]] = field(default_factory=list)
-    forced: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return vars(self)
 
 
 def revoke_previous(
@@ -678,7 +542,7 @@ def _revoke(m: ManagedCredential, force: bool) -> RevokeReport:
         age = (datetime.now(UTC) - since).total_seconds()
         if age < grace:
             raise Refused(
-                f"{m.name} was rotated {_ago(age)} ago; its previous credential ({role}) stays"
+                f"{m.name} was rotated {ago(age)} ago; its previous credential ({role}) stays"
                 f" valid for the grace period ({grace:g} s, secret_revoke_grace_s) so consumers"
                 " that have not drained keep working.",
                 hint="Wait, or pass --force to revoke it now.",
@@ -708,11 +572,3 @@ def _revoke(m: ManagedCredential, force: bool) -> RevokeReport:
         set_password(m.env.local, role, new_password(32), serve=False)
     m.store.remove_label(PREVIOUS, back.version.id)
     return report
-
-
-def _ago(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -61,7 +61,8 @@ def describe(env: Environment) -> list[dict[str, Any]]:
 
 def status(env: Environment, names: list[str] | None = None) -> list[SecretStatus]:
     from ptool_ops.secrets.application import ManagedValue
-    from ptool_ops.secrets.rotation import ManagedCredential, spec_of
+    from ptool_ops.secrets.protocol import spec_of
+    from ptool_ops.secrets.rotation import ManagedCredential
 
     specs = env.settings.managed_secrets()
     history = _history(env)
