@@ -17,6 +17,17 @@ then sends a paced booking-WRITE load (every request a POST) on loopback:
 
 It prints the writers' failed requests and p50/p99 latency of both phases, the p99 ratio
 and the migration's duration. Target: zero failures, p99 during <= 2x baseline.
+
+``--expand-contract`` runs an expand + contract pair instead, through the compatibility
+gate: before the baseline, 0006 adds ``booking.bookings.source`` (which the API does not
+use; a constant default fills every row, so the backfill below copies them all) and
+``migrate capture`` records the API's statements; then, under the same load,
+the scaffolded rename of ``source`` to ``origin`` (``migrate new --rename``): the expand
+half (new column, sync trigger on every booking write, backfill in committed batches over
+every row), two captures (the contract needs a window that began after the expand), and
+the contract half (drop trigger and column). Both halves pass the gate -- the API's
+statements are prepared as booking_app against each migrated schema -- and the p99 of the
+load during the pair is compared with the baseline.
 """
 
 from __future__ import annotations
@@ -38,9 +49,15 @@ from ptool_ops.booking.api import BookingApi
 from ptool_ops.booking.seed import seed
 from ptool_ops.environment import Environment
 from ptool_ops.local.env import LocalEnvironment
+from ptool_ops.migrate import queryset
 from ptool_ops.migrate.backup_point import EnvironmentBackupStep
+from ptool_ops.migrate.capture import capture
+from ptool_ops.migrate.compat import Gate
 from ptool_ops.migrate.runner import Runner, RunOptions, RunResult
+from ptool_ops.migrate.scaffold import scaffold_rename
 from ptool_ops.privileges import MIGRATOR, OWNER
+from ptool_ops.repo.file import FileStorage
+from ptool_ops.repo.repository import Repository
 from ptool_ops.settings import EnvironmentSettings
 
 UP = """\
@@ -115,8 +132,10 @@ def phase(
     chunk_s: float,
     keep_going: Any,
     label: str = "",
+    chunks: list[load.LoadResult] | None = None,
 ) -> load.LoadResult:
-    """Chunks of write load until ``keep_going()`` is false; one merged result."""
+    """Chunks of write load until ``keep_going()`` is false; one merged result (and each
+    chunk's in ``chunks``)."""
     merged = load.LoadResult(sent=0, elapsed_s=0.0)
     while keep_going():
         chunk_target = load.Target(
@@ -127,6 +146,8 @@ def phase(
             target.project_id,
         )
         result = load.run(chunk_target, rate=rate, duration_s=chunk_s, write_every=1, ready_every=0)
+        if chunks is not None:
+            chunks.append(result)
         if label:
             slow = sum(1 for ms in result.latencies_ms if ms > 100)
             print(
@@ -153,6 +174,11 @@ def main() -> int:
     parser.add_argument("--backup-point", action="store_true", help="take the backup point")
     parser.add_argument(
         "--no-invariants", action="store_true", help="skip the invariants (to isolate their cost)"
+    )
+    parser.add_argument(
+        "--expand-contract",
+        action="store_true",
+        help="an expand + contract rename pair through the compatibility gate instead",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ptool-bench-") as tmp:
@@ -182,6 +208,12 @@ def main() -> int:
                 project_id=fixture["project_id"],
             )
 
+            if args.expand_contract:
+                directory = root / "migrations"
+                directory.mkdir()
+                for path in MIGRATIONS_DIR.iterdir():
+                    (directory / path.name).write_bytes(path.read_bytes())
+                return expand_contract(env, root, directory, target, artists, args)
             warm_until = time.monotonic() + args.chunk_seconds  # connections, caches
             phase(
                 target,
@@ -267,6 +299,146 @@ def main() -> int:
     print(f"p99 ratio during / baseline: {ratio:.2f}")
     ok = not base.failures and not during.failures and ratio <= 2
     print(f"target (zero errors, p99 ratio <= 2): {'meets' if ok else 'MISSES'}")
+    return 0 if ok else 1
+
+
+ADD_SOURCE = "-- 0006 bookings_source: a column the API does not use, filled.\n" + (
+    "ALTER TABLE booking.bookings ADD COLUMN source text DEFAULT 'seed';\n"
+)
+DROP_SOURCE = "ALTER TABLE booking.bookings DROP COLUMN source;\n"
+
+
+def expand_contract(
+    env: LocalEnvironment,
+    root: Path,
+    directory: Path,
+    target: load.Target,
+    artists: Artists,
+    args: Any,
+) -> int:
+    """The expand + contract pair under load (see the module docstring)."""
+    say = lambda message: print(f"  migrate: {message}", flush=True)  # noqa: E731
+    (directory / "0006_bookings_source.up.sql").write_text(ADD_SOURCE)
+    (directory / "0006_bookings_source.down.sql").write_text(DROP_SOURCE)
+    scaffold_rename(directory, "bookings_source_origin", "booking.bookings.source=origin")
+    repo = Repository(FileStorage(root / "local" / "repo"))
+    owner = env.facts.role_url(OWNER)
+    options = RunOptions(actor="bench", invariants=not args.no_invariants)
+
+    def runner() -> Runner:
+        return Runner(
+            env.facts.role_url(MIGRATOR),
+            directory=directory,
+            options=options,
+            gate=Gate(queryset.load(repo), log=say),
+            log=say,
+        )
+
+    runner().up(to="0006")
+    warm_until = time.monotonic() + args.chunk_seconds  # connections, caches
+    phase(
+        target,
+        artists,
+        rate=args.rate,
+        chunk_s=args.chunk_seconds,
+        keep_going=lambda: time.monotonic() < warm_until,
+    )
+    capture(repo, url=owner, app_version="bench-1")  # the API's statements so far
+    deadline = time.monotonic() + args.baseline_seconds
+    windows: list[load.LoadResult] = []
+    base = phase(
+        target,
+        artists,
+        rate=args.rate,
+        chunk_s=args.chunk_seconds,
+        keep_going=lambda: time.monotonic() < deadline,
+        label="baseline",
+        chunks=windows,
+    )
+    capture(repo, url=owner, app_version="bench-1")  # the baseline's statements too
+    results: dict[str, load.LoadResult] = {}
+    durations: dict[str, float] = {}
+    gates: dict[str, Any] = {}
+    for half, to in (("expand", "0007"), ("contract", "0008")):
+        outcome: list[RunResult | BaseException] = []
+
+        def migrate(to: str = to, half: str = half, outcome: list[Any] = outcome) -> None:
+            started = time.monotonic()
+            try:
+                outcome.append(runner().up(to=to))
+            except BaseException as err:
+                outcome.append(err)
+            durations[half] = time.monotonic() - started
+
+        worker = threading.Thread(target=migrate)
+        worker.start()
+        results[half] = phase(
+            target,
+            artists,
+            rate=args.rate,
+            chunk_s=args.chunk_seconds,
+            keep_going=worker.is_alive,
+            label=half,
+        )
+        worker.join()
+        done = outcome[0]
+        if isinstance(done, BaseException):
+            print(f"{half} FAILED: {done}")
+            return 1
+        gates[half] = done.migrations[0].compatibility
+        if half == "expand":
+            # the contract needs a capture window that began after the expand: two captures
+            # with load between them
+            capture(repo, url=owner, app_version="bench-1")
+            until = time.monotonic() + args.chunk_seconds
+            results["between"] = phase(
+                target,
+                artists,
+                rate=args.rate,
+                chunk_s=args.chunk_seconds,
+                keep_going=lambda until=until: time.monotonic() < until,
+            )
+            capture(repo, url=owner, app_version="bench-1")
+    with pg.connect(owner) as conn:
+        row = conn.execute("SELECT count(*) FROM booking.bookings").fetchone()
+    during = load.LoadResult(sent=0, elapsed_s=0.0)
+    for key in ("expand", "between", "contract"):
+        res = results[key]
+        during.sent += res.sent
+        during.elapsed_s += res.elapsed_s
+        during.failures += res.failures
+        during.latencies_ms += res.latencies_ms
+    print(f"on {row[0] if row else '?'} bookings:")
+    for half in ("expand", "contract"):
+        gate = gates[half] or {}
+        print(
+            f"{half:<9} applied in {durations[half]:.1f} s; gate: {gate.get('checked')} statements"
+            f" as {gate.get('role')}, {len(gate.get('broken', []))} broken,"
+            f" {len(gate.get('skipped', []))} skipped"
+        )
+    for name, res in (
+        ("baseline", base),
+        ("expand", results["expand"]),
+        ("contract", results["contract"]),
+        ("during", during),
+    ):
+        s = res.summary()
+        print(
+            f"{name:<9} writes {s['sent']:>6}  rate {s['rate_per_s']:>6.1f}/s  "
+            f"errors {s['failed']:>3}  p50 {s['p50_ms']:>7.2f} ms  p99 {s['p99_ms']:>7.2f} ms"
+        )
+    for failure in (base.failures + during.failures)[:5]:
+        print(f"  e.g. {failure}")
+    ratio = during.percentile(0.99) / max(base.percentile(0.99), 0.001)
+    quietest = min(w.percentile(0.99) for w in windows)
+    strict = during.percentile(0.99) / max(quietest, 0.001)
+    print(f"p99 ratio during (expand + contract) / baseline: {ratio:.2f}")
+    print(f"p99 ratio during / quietest baseline window ({quietest:.1f} ms): {strict:.2f}")
+    ok = not base.failures and not during.failures and strict <= 2
+    print(
+        f"target (zero errors, p99 <= 2x the quietest baseline window): "
+        f"{'meets' if ok else 'MISSES'}"
+    )
     return 0 if ok else 1
 
 

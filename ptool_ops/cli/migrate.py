@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ptool_ops.migrate.runner import Runner, RunResult
 
 app = typer.Typer(
-    help="Safe schema migrations: status, plan, lint, test, up, down, verify, new, repair."
+    help="Safe schema migrations: status, plan, lint, test, up, down, verify, new, repair, capture."
 )
 
 
@@ -46,7 +46,16 @@ def lint(
     paths: list[Path] | None = typer.Argument(
         None,
         help="Migration files or directories (searched recursively for *.sql, down and"
-        " verify scripts skipped). Default: the booking migrations.",
+        " verify scripts skipped). Default: the migrations_dir setting, else the booking"
+        " migrations.",
+        show_default=False,
+    ),
+    start_after: str | None = typer.Option(
+        None,
+        "--start-after",
+        metavar="VERSION",
+        help="Lint only the migrations after VERSION (e.g. 0042); earlier files are read for"
+        " the tables they create. Default without PATHs: the lint_start_after setting.",
         show_default=False,
     ),
     fmt: LintFormat = typer.Option(
@@ -73,11 +82,16 @@ def lint(
     from ptool_ops.migrate.lint import lint_paths
 
     app_ctx = context.get(ctx)
+    if not paths:  # the project's migrations: its settings say where and from which version
+        settings = app_ctx.settings
+        paths = [settings.migrations_dir or default_migrations_dir()]
+        start_after = start_after or settings.lint_start_after
     report = lint_paths(
-        paths or [default_migrations_dir()],
+        paths,
         transactional=False if assume_no_transaction else None,
         known_tenant_tables=tenant_tables,
         pg_version=pg_version,
+        start_after=start_after,
     )
     if fmt is LintFormat.github and not app_ctx.output.json:
         for line in github_annotations(report):
@@ -135,13 +149,20 @@ def _finding_line(f: Finding) -> str:
 
 
 def render_lint(out: Console, report: LintReport) -> None:
+    from rich.markup import escape
+
     for finding in report.findings:
         out.print(_finding_line(finding))
     errors, warnings, allowed = len(report.errors), len(report.warnings), len(report.allowed)
     mark = "[green]✓[/green]" if report.ok else "[red]✗[/red]"
+    skipped = (
+        f" ({len(report.skipped)} file(s) up to {escape(report.start_after)} not linted)"
+        if report.start_after
+        else ""
+    )
     out.print(
         f"{mark} {len(report.files)} file(s): {errors} error(s), {warnings} warning(s),"
-        f" {allowed} allowed"
+        f" {allowed} allowed{skipped}"
     )
 
 
@@ -174,6 +195,7 @@ def _runner(
     *,
     take_backup: bool = True,
     check_api: bool = True,
+    gate: bool = False,
 ) -> Runner:
     from rich.markup import escape
 
@@ -185,6 +207,7 @@ def _runner(
         take_backup=take_backup,
         check_api=check_api,
         log=lambda message: app_ctx.output.info(f"[dim]{escape(message)}[/dim]"),
+        gate=gate,
     )
 
 
@@ -309,10 +332,33 @@ def _render_run(out: Console, result: RunResult) -> None:
     for m in result.migrations:
         retry = f", {m.attempts} attempts" if m.attempts > 1 else ""
         out.print(f"[green]✓[/green] {m.outcome} {m.version}_{m.name} in {m.duration_ms} ms{retry}")
+        if m.compatibility is not None:
+            _render_gate(out, m.compatibility)
     if result.backup_point is not None:
         out.print(
             f"backup point {escape(result.backup_point.label)}; way back:"
             f" {escape(result.backup_point.restore_command)}"
+        )
+
+
+def _render_gate(out: Console, report: dict[str, Any]) -> None:
+    from rich.markup import escape
+
+    phase = f" ({report['phase']})" if report.get("phase") else ""
+    out.print(
+        f"  compatibility{phase}: {report['checked']} captured statement(s) prepared as"
+        f" {report['role']}, {len(report['broken'])} broken, {len(report['skipped'])} skipped"
+    )
+    if report.get("refused"):
+        out.print(f"    [red]refused[/red] {escape(report['refused'])}")
+    for probe in report["broken"]:
+        out.print(
+            f"    [red]broken[/red] {escape(probe['statement'][:160])}: {escape(probe['error'])}"
+            f" (SQLSTATE {probe['sqlstate']}, last seen {probe['last_seen']})"
+        )
+    for probe in report["skipped"]:
+        out.print(
+            f"    [dim]skipped {escape(probe['statement'][:80])}: {escape(probe['error'])}[/dim]"
         )
 
 
@@ -336,7 +382,7 @@ def up(
 
     app_ctx = context.get(ctx)
     env = app_ctx.env
-    runner = _runner(app_ctx, directory, take_backup=not no_backup_point)
+    runner = _runner(app_ctx, directory, take_backup=not no_backup_point, gate=not app_ctx.dry_run)
     if app_ctx.dry_run:
         _show_plan(app_ctx, runner, to=to)
         return
@@ -455,18 +501,55 @@ def new(
     no_transaction: bool = typer.Option(
         False, "--no-transaction", help="Mark it '-- ptool: no-transaction' (CONCURRENTLY...)."
     ),
+    phase: Phase | None = typer.Option(
+        None,
+        "--phase",
+        help="Mark it '-- ptool: phase expand|contract'; with --rename: only that half.",
+    ),
+    rename: str | None = typer.Option(
+        None,
+        "--rename",
+        metavar="SCHEMA.TABLE.COLUMN=NEW",
+        help="Scaffold a column rename as two migrations: the expand half (new column,"
+        " backfill, sync trigger) and the contract half (the drop).",
+    ),
+    column_type: str = typer.Option(
+        "text", "--type", help="With --rename: the column's type, as SQL (e.g. 'varchar(80)')."
+    ),
+    key: str = typer.Option(
+        "id", "--key", help="With --rename: the unique, indexed column the backfill pages by."
+    ),
 ) -> None:
-    """Scaffold NNNN_NAME.up.sql, .down.sql and .verify.sql with the next version."""
-    from ptool_ops.migrate.scaffold import scaffold
+    """Scaffold NNNN_NAME.up.sql, .down.sql and .verify.sql with the next version (two
+    migrations, expand then contract, with --rename)."""
+    from ptool_ops.migrate.scaffold import scaffold, scaffold_rename
 
     app_ctx = context.get(ctx)
-    paths = scaffold(_directory(app_ctx, directory), name, no_transaction=no_transaction)
+    target = _directory(app_ctx, directory)
+    if rename is not None:
+        paths = scaffold_rename(
+            target,
+            name,
+            rename,
+            column_type=column_type,
+            only=phase.value if phase else None,
+            key=key,
+        )
+    else:
+        paths = scaffold(
+            target, name, no_transaction=no_transaction, phase=phase.value if phase else None
+        )
 
     def render(out: Console) -> None:
         for path in paths:
             out.print(f"[green]created[/green] {path}")
 
     app_ctx.output.result({"created": [str(p) for p in paths]}, render)
+
+
+class Phase(enum.StrEnum):
+    expand = "expand"
+    contract = "contract"
 
 
 class RepairAction(enum.StrEnum):
@@ -547,18 +630,23 @@ def test_(
     from rich.markup import escape
 
     from ptool_ops.errors import ProblemsFound
-    from ptool_ops.migrate.service import options_for
+    from ptool_ops.migrate.service import gate_for, options_for
     from ptool_ops.migrate.testing import run_migration_tests
 
     app_ctx = context.get(ctx)
     env = app_ctx.env
+
+    def say(message: str) -> None:
+        app_ctx.output.info(f"[dim]{escape(message)}[/dim]")
+
     report = run_migration_tests(
         env.database("migrate.test").url,
         directory=_directory(app_ctx, directory),
         options=options_for(env),
         source=source.value,
         pg_bin_dir=env.pg_bin_dir,
-        log=lambda message: app_ctx.output.info(f"[dim]{escape(message)}[/dim]"),
+        log=say,
+        gate=gate_for(env, say),
     )
 
     def render(out: Console) -> None:
@@ -570,6 +658,8 @@ def test_(
                 f"{mark} {m.version}_{m.name}: up {m.up_ms} ms, down {m.down_ms} ms,"
                 f" up again {m.reapply_ms} ms" + (f" -- {escape(m.error)}" if m.error else "")
             )
+            if m.compatibility is not None:
+                _render_gate(out, m.compatibility)
             for aspect, change in m.diff.items():
                 for side in ("removed", "added"):
                     for row in change[side]:
@@ -580,3 +670,55 @@ def test_(
     if not report.ok:
         failed = next(m for m in report.migrations if not m.ok)
         app_ctx.fail(ProblemsFound(f"migration {failed.version}_{failed.name}: {failed.error}."))
+
+
+@app.command()
+def capture(
+    ctx: typer.Context,
+    from_file: Path | None = typer.Option(
+        None,
+        "--from",
+        help='Add statements recorded elsewhere (an API test run): JSON {"statements":'
+        ' [{"query": ..., "calls": n, "last_seen": iso, "app_version": ...}]} or'
+        " one statement per line.",
+    ),
+    app_version: str | None = typer.Option(
+        None,
+        "--app-version",
+        help="The app version these statements belong to (default: what the API's /version"
+        " reports); a new value marks a deploy.",
+    ),
+    no_statistics: bool = typer.Option(
+        False, "--no-statistics", help="Only --from FILE: do not read pg_stat_statements."
+    ),
+) -> None:
+    """Merge the API's statements from pg_stat_statements (and --from FILE) into the query
+    set the compatibility gate of migrate up/test prepares."""
+    from rich.markup import escape
+
+    from ptool_ops.errors import UsageError
+    from ptool_ops.migrate.capture import capture_env
+
+    app_ctx = context.get(ctx)
+    if no_statistics and from_file is None:
+        raise UsageError("--no-statistics needs --from FILE.", hint="Pass the file to add.")
+    result = capture_env(
+        app_ctx.env,
+        from_file=from_file,
+        app_version=app_version,
+        statistics=not no_statistics,
+        log=lambda message: app_ctx.output.info(f"[dim]{escape(message)}[/dim]"),
+    )
+
+    def render(out: Console) -> None:
+        for c in result.captures:
+            out.print(
+                f"[green]✓[/green] {escape(c['kind'])} {escape(c['source'])}:"
+                f" {c['statements']} statement(s) seen, {c['new']} new"
+                + (f" (app {escape(c['app_version'])})" if c.get("app_version") else "")
+            )
+        for note in result.notes:
+            out.print(f"[dim]{escape(note)}[/dim]")
+        out.print(f"query set: {result.statements} statement(s) in {escape(result.repository)}")
+
+    app_ctx.output.result(result.to_dict(), render)

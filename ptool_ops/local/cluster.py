@@ -416,6 +416,10 @@ class LocalServer:
             # ALTER ROLE would land here (ptool-ops sends verifiers; the suite checks)
             "log_statement = 'ddl'\n"
             "log_min_messages = warning\n"
+            # the statements every role runs, as Neon keeps them: migrate capture reads them
+            # (CREATE EXTENSION pg_stat_statements is the platform's part: local up makes it
+            # in database postgres, see ptool_ops.privileges.sql.self_managed_statements)
+            "shared_preload_libraries = 'pg_stat_statements'\n"
             + "".join(f"{k} = {conf_value(v)}\n" for k, v in self.extra_settings.items())
         )
         target = self.paths.pgdata / _CONF_FILE

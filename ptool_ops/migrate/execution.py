@@ -37,6 +37,7 @@ from ptool_ops.privileges.model import SCHEMA_OWNER
 
 if TYPE_CHECKING:
     from ptool_ops.migrate.backup_point import BackupPoint
+    from ptool_ops.migrate.compat import Gate
 
 __all__ = ["Executor", "MigrationResult", "RunOptions", "new_violations"]
 
@@ -89,6 +90,8 @@ class MigrationResult:
     duration_ms: int = 0
     attempts: int = 1
     error: str | None = None
+    #: the compatibility gate's report (:mod:`ptool_ops.migrate.compat`), for an up
+    compatibility: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -100,6 +103,10 @@ class Failed(Exception):
 
 class PrivilegeFailure(Failed):
     """A statement was refused for a missing privilege (SQLSTATE 42501)."""
+
+
+class Incompatible(Failed):
+    """The compatibility gate found captured API statements the migration breaks."""
 
 
 class SessionLost(Exception):
@@ -152,8 +159,11 @@ class Executor:
         options: RunOptions,
         log: Callable[[str], None],
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.conn = conn
+        #: the compatibility gate run before each up commits (None: none)
+        self.gate = gate
         self.options = options
         self._log = log
         #: told when a no-transaction migration starts (the audit trail's "started" record)
@@ -286,6 +296,60 @@ class Executor:
                 hint=f"Run migrations as {SCHEMA_OWNER}, the schema owner.",
             ) from None
 
+    def gate_baseline(self, up: bool) -> Any | None:
+        """The gate's probe before the migration's first statement (the baseline)."""
+        if not up or self.gate is None:
+            return None
+        return self.gate.probe(self.conn)
+
+    def gate_check(self, m: MigrationFiles, up: bool, before: Any | None, result: Any) -> None:
+        """The gate's verdict on the migrated schema, in the caller's transaction."""
+        if not up or self.gate is None:
+            return
+        try:
+            report = self.gate.check(self.conn, m, before)
+        except psycopg.Error as err:
+            if self.conn.broken:
+                raise SessionLost(_first_line(err)) from err
+            raise Failed(f"the compatibility gate could not run: {_first_line(err)}") from err
+        result.compatibility = report.to_dict()
+        if not report.ok:
+            raise Incompatible(report.failure())
+
+    def gate_rehearse(
+        self, m: MigrationFiles, script: Path, before: Any | None, result: MigrationResult
+    ) -> None:
+        """A ``no-transaction`` up, rehearsed for the gate before anything of it commits:
+        its statements in one transaction that is rolled back (those that cannot run in a
+        transaction, ``CONCURRENTLY`` index builds and drops, left out: no statement's
+        PREPARE depends on an index), the gate checked inside. Only for DDL: a file with
+        DML, ``DO`` or ``CALL`` (a backfill) is not rehearsed -- its gate runs after its
+        statements. A rehearsal that fails for another reason is let go: the real run meets
+        the same error and handles it."""
+        from ptool_ops.migrate.files import migration_phase
+        from ptool_ops.migrate.lock_analysis import non_transactional_reason
+
+        if self.gate is None:
+            return
+        contract = migration_phase(script.read_text(encoding="utf-8")) == "contract"
+        if not self.gate.needs_app_role and not contract:
+            return  # nothing to probe, no phase rule: nothing to rehearse for
+        statements = self.statements(script)
+        work = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "DoStmt", "CallStmt"}
+        if any(stmt.kind in work for stmt in statements):
+            self._log(f"{m.label}: not rehearsed for the gate (it changes rows)")
+            return
+        planned = [s for s in statements if non_transactional_reason(s.node) is None]
+        try:
+            with self.conn.transaction(force_rollback=True):
+                for stmt in planned:
+                    self.execute(stmt, script)
+                self.gate_check(m, True, before, result)
+        except Incompatible:
+            raise
+        except (Failed, pg_errors.LockNotAvailable) as err:
+            self._log(f"{m.label}: the gate's rehearsal stopped ({err}); checked after it runs")
+
     def record(
         self,
         m: MigrationFiles,
@@ -406,8 +470,10 @@ class Executor:
             with attempt:
                 result.attempts = attempt.retry_state.attempt_number
                 with self.conn.transaction():
+                    before = self.gate_baseline(up)
                     for stmt in statements:
                         self.execute(stmt, script)
+                    self.gate_check(m, up, before, result)
                     report = self.validate(baseline, m, up)
                     self.record(
                         m,
@@ -463,10 +529,24 @@ class Executor:
         invalid_before = self.invalid_indexes()
         started = time.monotonic()
         script = m.up if up else m.down
+        before_probe = self.gate_baseline(up)
+        if up:
+            try:
+                self.gate_rehearse(m, script, before_probe, result)
+            except Incompatible as err:
+                raise OperationFailed(
+                    f"{m.label} (up) failed: {err}; it was rehearsed in a transaction that was"
+                    " rolled back, nothing of it ran.",
+                    hint=_hint_for(err),
+                ) from None
         previous = self._mark_running(m, up=up, run_id=run_id, point=point)
         try:
             self.run_one_by_one(script, invalid_before)
             with self.conn.transaction():
+                # no-transaction: the gate runs again after the statements committed (the
+                # only check for a file that was not rehearsed); a broken statement sends
+                # the migration down the rollback path (its down script)
+                self.gate_check(m, up, before_probe, result)
                 report = self.validate(baseline, m, up)
                 self.record(
                     m,
@@ -619,6 +699,13 @@ def _hint_for(err: BaseException) -> str:
             " end it, then run the command again."
         )
     text = str(err)
+    if isinstance(err, Incompatible):
+        return (
+            "Keep what the deployed API uses: split the change into an expand migration now and"
+            " a contract one once the API no longer uses the old shape ('ptool-ops migrate new"
+            " NAME --rename TABLE.COLUMN=NEW' scaffolds both; see docs/migrations.md);"
+            " 'ptool-ops migrate test' lists every statement it breaks."
+        )
     if "booking invariants broken" in text or "Verification of migration" in text:
         return (
             "Fix the migration so that its verify queries and the invariants hold, then run"

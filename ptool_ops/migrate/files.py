@@ -11,17 +11,27 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+if TYPE_CHECKING:
+    from ptool_ops.migrate.lint import LintReport
+
 __all__ = [
+    "PHASES",
     "MigrationError",
     "MigrationFiles",
     "checksum",
     "load_migrations",
+    "migration_phase",
     "run_verify",
+    "without_phase_findings",
 ]
+
+#: ``-- ptool: phase expand|contract`` (see :mod:`ptool_ops.migrate.compat`)
+PHASES = ("expand", "contract")
+_PHASE = re.compile(r"^--\s*ptool\s*:\s*phase\s+(?P<phase>\S+)\s*$", re.IGNORECASE)
 
 _FILE_RE = re.compile(
     r"^(?P<version>\d{4})_(?P<name>[a-z0-9]+(?:_[a-z0-9]+)*)\.(?P<kind>up|down|verify)\.sql$"
@@ -127,3 +137,43 @@ def run_verify(conn: psycopg.Connection[Any], script: str, *, label: str) -> Non
                     )
             if not cur.nextset():
                 break
+
+
+def migration_phase(script: str) -> str | None:
+    """The phase a script's comment header declares (``-- ptool: phase expand`` or
+    ``contract``), or None. An unknown phase is a :class:`ValueError`."""
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if not stripped.startswith("--"):
+            break
+        match = _PHASE.match(stripped)
+        if match is None:
+            continue
+        phase = match["phase"].lower()
+        if phase not in PHASES:
+            raise ValueError(
+                f"unknown phase {match['phase']!r} in {stripped!r}: expected expand or contract"
+            )
+        return phase
+    return None
+
+
+def without_phase_findings(report: LintReport) -> LintReport:
+    """A lint report without the ``unknown-directive`` findings of a well-formed ``-- ptool:
+    phase expand|contract`` line (the runner reads that directive; the linter may not know
+    it)."""
+    from dataclasses import replace
+
+    known = re.compile(r"ptool\s*:\s*phase\s+(expand|contract)\b", re.IGNORECASE)
+    kept = [
+        f
+        for f in report.findings
+        if not (
+            f.rule == "unknown-directive"
+            and known.search(f.message)
+            and "after the first" not in f.message
+        )
+    ]
+    return replace(report, findings=kept)

@@ -9,6 +9,7 @@ A file's comment header may hold directives (see ``docs/migrations.md``)::
 
     -- ptool: no-transaction
     -- ptool: run-as login
+    -- ptool: phase expand                                                 (or contract)
     -- ptool: irreversible -- reason: the dropped column's data is gone   (down scripts)
     -- ptool: allow ban-drop-column -- reason: unused since release 41
 
@@ -17,6 +18,11 @@ An allowed finding is still reported (``allowed=True``) but does not block ``up`
 Unlike squawk, statements on a table created earlier in the same file are exempt from
 the rules about existing tables (no readers yet, nothing to block): an index on it needs
 no CONCURRENTLY, a constraint no NOT VALID.
+
+Files linted together are read in order, and what earlier ones created (tenant tables,
+columns with their types and NOT NULL: :class:`~ptool_ops.migrate.rules_schema.KnownSchema`)
+is known to the later ones. ``start_after`` still reads the files up to that version for
+this knowledge but reports only the findings of the files after it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from ptool_ops.errors import ConfigError
 from ptool_ops.migrate.lock_analysis import SqlSyntaxError, split_statements
 from ptool_ops.migrate.rules import RULES, Finding, Severity
 from ptool_ops.migrate.rules_check import Checker
+from ptool_ops.migrate.rules_names import identifier_findings, long_identifiers
+from ptool_ops.migrate.rules_schema import KnownSchema
 
 __all__ = [
     "RULES",
@@ -42,6 +50,8 @@ __all__ = [
     "lint_file",
     "lint_paths",
     "lint_sql",
+    "long_identifiers",
+    "migration_version",
     "parse_directives",
 ]
 
@@ -61,6 +71,7 @@ class Directives:
     no_transaction: bool = False
     run_as_login: bool = False
     irreversible: bool = False  # a down script that cannot undo its up (down refuses it)
+    phase: str | None = None  # expand or contract (the compatibility gate reads it)
     allows: dict[str, str] = field(default_factory=dict)
     allow_lines: dict[str, int] = field(default_factory=dict)
     problems: list[DirectiveProblem] = field(default_factory=list)
@@ -128,6 +139,10 @@ def parse_directives(text: str) -> Directives:
             continue
         if re.fullmatch(r"irreversible(\s+--\s*reason\s*:.*)?", body, re.IGNORECASE):
             result.irreversible = True
+            continue
+        phase = re.fullmatch(r"phase\s+(expand|contract)", body, re.IGNORECASE)
+        if phase:
+            result.phase = phase.group(1).lower()
             continue
         allow = _ALLOW.match(body)
         if allow is None:
@@ -204,13 +219,14 @@ def _lint(
     text: str,
     path: str,
     transactional: bool | None,
-    known_tenant_tables: Iterable[str],
+    schema: KnownSchema,
     pg_version: int,
-) -> tuple[list[Finding], set[str]]:
+) -> list[Finding]:
+    """Lint one file, updating ``schema`` with what it creates and changes."""
     directives = parse_directives(text)
     if transactional is None:
         transactional = not directives.no_transaction
-    linter = Checker(text, path, transactional, known_tenant_tables, pg_version)
+    linter = Checker(text, path, transactional, schema, pg_version)
     try:
         statements = split_statements(text, path=path)
     except SqlSyntaxError as err:
@@ -218,11 +234,12 @@ def _lint(
         finding = Finding(
             "syntax-error", spec.severity, path, err.line, err.column, err.reason, spec.fix
         )
-        return [finding], set(known_tenant_tables)
+        return [finding]
     for statement in statements:
         linter.statement(statement)
     linter.finish()
-    return _apply_directives(linter.findings, directives, path), linter.tenant_tables
+    found = linter.findings + identifier_findings(text, path)
+    return _apply_directives(found, directives, path)
 
 
 def lint_sql(
@@ -243,8 +260,8 @@ def lint_sql(
     before 12). Never raises for bad SQL: a file that does not parse is a
     ``syntax-error`` finding.
     """
-    findings, _ = _lint(text, path, transactional, known_tenant_tables, pg_version)
-    return findings
+    schema = KnownSchema(tenant_tables=set(known_tenant_tables))
+    return _lint(text, path, transactional, schema, pg_version)
 
 
 @dataclass
@@ -253,6 +270,8 @@ class LintReport:
 
     files: list[str]
     findings: list[Finding]
+    start_after: str | None = None
+    skipped: list[str] = field(default_factory=list)  # read for context, findings not kept
 
     @property
     def errors(self) -> list[Finding]:
@@ -277,8 +296,11 @@ class LintReport:
             "version": 1,
             "ok": self.ok,
             "files": self.files,
+            "start_after": self.start_after,
+            "skipped": self.skipped,
             "summary": {
                 "files": len(self.files),
+                "skipped": len(self.skipped),
                 "errors": len(self.errors),
                 "warnings": len(self.warnings),
                 "allowed": len(self.allowed),
@@ -319,25 +341,51 @@ def lint_file(
     pg_version: int = 18,
 ) -> list[Finding]:
     """Lint one file (see :func:`lint_sql`); unreadable text is a ``syntax-error`` finding."""
-    findings, _ = _lint_path(Path(path), transactional, known_tenant_tables, pg_version)
-    return findings
+    schema = KnownSchema(tenant_tables=set(known_tenant_tables))
+    return _lint_path(Path(path), transactional, schema, pg_version)
 
 
 def _lint_path(
     path: Path,
     transactional: bool | None,
-    known_tenant_tables: Iterable[str],
+    schema: KnownSchema,
     pg_version: int,
-) -> tuple[list[Finding], set[str]]:
+) -> list[Finding]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         spec = RULES["syntax-error"]
         message = f"not UTF-8 text ({err.reason} at byte {err.start})"
-        return [Finding("syntax-error", spec.severity, str(path), 1, 1, message, spec.fix)], set(
-            known_tenant_tables
-        )
-    return _lint(text, str(path), transactional, known_tenant_tables, pg_version)
+        return [Finding("syntax-error", spec.severity, str(path), 1, 1, message, spec.fix)]
+    return _lint(text, str(path), transactional, schema, pg_version)
+
+
+_VERSION = re.compile(r"^(\d[\d-]*?)(?=[_.]|$)")
+_PLAIN_NAMES = ("up.sql", "down.sql", "verify.sql")
+
+
+def migration_version(path: str | Path) -> str | None:
+    """The version a migration file's name starts with: ``0007`` of ``0007_x.up.sql``, or of
+    its directory for ``<version>_name/up.sql`` layouts (``2017-01-01-000000`` of
+    ``2017-01-01-000000_x/up.sql``); None when the name starts with no version."""
+    path = Path(path)
+    name = path.parent.name if path.name in _PLAIN_NAMES else path.name
+    match = _VERSION.match(name)
+    return match.group(1) if match else None
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version))
+
+
+def _label(path: Path) -> str:
+    name = path.parent.name if path.name in _PLAIN_NAMES else path.name
+    return name.removesuffix(".sql").removesuffix(".up")
+
+
+def _after(path: Path, start_after: str) -> bool:
+    version = migration_version(path)
+    return version is None or _version_key(version) > _version_key(start_after)
 
 
 def lint_paths(
@@ -346,20 +394,54 @@ def lint_paths(
     transactional: bool | None = None,
     known_tenant_tables: Iterable[str] = frozenset(),
     pg_version: int = 18,
+    start_after: str | None = None,
 ) -> LintReport:
     """Lint files and directories in order (see :func:`collect_files`).
 
-    Tenant tables created by one file are known to the files after it, so a later
-    migration that disables RLS on them is an error.
+    What one file creates is known to the files after it: tenant tables (a later
+    migration that disables RLS on them is an error), columns' types and NOT NULL.
+
+    ``start_after``: a migration version (``0042``) or label (``0042_orders``). Files up
+    to and including it are read for that knowledge only, their findings dropped (a
+    project adopting ptool-ops with a long history lints only its new migrations); files
+    whose name carries no version are always linted. A version no file has is a
+    ConfigError, so a typo never silently turns the linter off.
     """
     files = collect_files(paths)
-    tenants = set(known_tenant_tables)
+    schema = KnownSchema(tenant_tables=set(known_tenant_tables))
+    version = _start_version(files, start_after) if start_after else None
     findings: list[Finding] = []
+    linted: list[str] = []
+    skipped: list[str] = []
     for path in files:
-        found, tenants = _lint_path(path, transactional, tenants, pg_version)
+        found = _lint_path(path, transactional, schema, pg_version)
+        if version is not None and not _after(path, version):
+            skipped.append(str(path))
+            continue
+        linted.append(str(path))
         findings.extend(found)
         findings.extend(_check_down(path))
-    return LintReport([str(p) for p in files], findings)
+    return LintReport(linted, findings, start_after, skipped)
+
+
+def _start_version(files: Sequence[Path], start_after: str) -> str:
+    """The version ``start_after`` names (itself or the version of the label it names)."""
+    wanted = start_after.strip()
+    for path in files:
+        version = migration_version(path)
+        if version is not None and wanted in (version, _label(path)):
+            return version
+    versions = sorted({v for p in files if (v := migration_version(p)) is not None})
+    known = (
+        f"the versions run from {versions[0]} to {versions[-1]}"
+        if versions
+        else ("no file name starts with a version")
+    )
+    raise ConfigError(
+        f"--start-after {start_after}: no migration has that version ({known}).",
+        hint="Name the version of the last migration linted before adopting ptool-ops"
+        " (e.g. 0042 or 0042_orders), or unset lint_start_after.",
+    )
 
 
 def down_is_empty(text: str, path: str) -> bool:

@@ -619,13 +619,15 @@ def plan_statement(
 
 
 def created_table(node: Any) -> str | None:
-    """The table a CREATE TABLE / CREATE TABLE AS statement creates, or None."""
+    """The table a CREATE TABLE / CREATE TABLE AS / SELECT INTO statement creates, or None."""
     from pglast import ast
 
     if isinstance(node, ast.CreateStmt):
         return relation_name(node.relation)
     if isinstance(node, ast.CreateTableAsStmt) and node.into is not None:
         return relation_name(node.into.rel)
+    if isinstance(node, ast.SelectStmt) and node.intoClause is not None:
+        return relation_name(node.intoClause.rel)
     return None
 
 

@@ -78,7 +78,9 @@ _RULES = [
         _E,
         "adding-foreign-key-constraint",
         "A new foreign key is checked against every existing row while SHARE ROW EXCLUSIVE"
-        " is held on both tables: writes to both wait for the whole scan.",
+        " is held on both tables: writes to both wait for the whole scan. Also on a table"
+        " this migration created and then filled (INSERT ... SELECT, COPY, CREATE TABLE AS)"
+        " when it references an existing table.",
         "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then VALIDATE CONSTRAINT in a later"
         " transaction (it only takes SHARE UPDATE EXCLUSIVE).",
     ),
@@ -115,10 +117,13 @@ _RULES = [
         "changing-column-type",
         _E,
         "changing-column-type",
-        "ALTER COLUMN ... TYPE rewrites the table and its indexes under ACCESS EXCLUSIVE"
-        " (unless the change is binary-coercible, e.g. varchar(n) to text).",
+        "ALTER COLUMN ... TYPE rewrites the table and its indexes under ACCESS EXCLUSIVE."
+        " Not reported when the linter knows the column's type and the change is free"
+        " (varchar to text, wider varchar/numeric/timestamp, cidr to inet, timestamp to"
+        " timestamptz after SET TimeZone = 'UTC'; the last one is a warning: its indexes"
+        " are rebuilt).",
         "Add a new column, dual-write, backfill in batches, switch readers, drop the old"
-        " column. Allow the rule with a reason if the change is binary-coercible.",
+        " column. For timestamp to timestamptz, SET LOCAL TimeZone = 'UTC' first.",
     ),
     Rule(
         "adding-field-with-default",
@@ -178,6 +183,40 @@ _RULES = [
         "The running release may still use the table: its queries fail, and the data is"
         " gone (only a backup brings it back).",
         "Stop using the table in a release first, then drop it; allow the rule with the reason.",
+    ),
+    Rule(
+        "ban-drop-view",
+        _E,
+        "ban-drop-view",
+        "The running release may still query the view or materialized view: its queries"
+        " fail with undefined_table (not reported when the same transaction re-creates it).",
+        "Stop using the view in a release first, then drop it; allow the rule with the reason.",
+    ),
+    Rule(
+        "ban-drop-schema",
+        _E,
+        "ban-drop-schema",
+        "DROP SCHEMA removes every object in it (with CASCADE) that the running release may"
+        " use; without CASCADE it fails if anything is left in it.",
+        "Drop the objects in it one by one in earlier releases; allow the rule with the reason.",
+    ),
+    Rule(
+        "ban-drop-default",
+        _E,
+        "ban-drop-default",
+        "DROP DEFAULT on a NOT NULL column: the running release's INSERTs that omit the"
+        " column fail with not_null_violation (a warning when the linter does not know"
+        " whether the column is NOT NULL).",
+        "Keep the default until no release omits the column, then drop it; allow the rule"
+        " with the release that started writing it as the reason.",
+    ),
+    Rule(
+        "identifier-too-long",
+        _E,
+        "identifier-too-long",
+        "An identifier longer than 63 bytes (UTF-8) is silently truncated: the object gets"
+        " another name than the one written, and two long names can collide.",
+        "Shorten the name to at most 63 bytes.",
     ),
     Rule(
         "ban-drop-database",

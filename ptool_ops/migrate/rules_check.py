@@ -4,7 +4,10 @@
 did: tables and indexes it created (exempt from the rules about existing tables, which
 squawk gets wrong), constraints added NOT VALID in the current transaction, CHECK
 (col IS NOT NULL) constraints that prove a later SET NOT NULL safe, tenant tables and
-whether RLS was enabled on them.
+whether RLS was enabled on them, tables it filled (INSERT ... SELECT, COPY, CREATE TABLE
+AS), views dropped and not yet re-created, whether the session TimeZone is UTC. What earlier
+files created (columns, their types and NOT NULL) comes in a :class:`KnownSchema`, which the
+checker updates as it goes so the next file knows this one's changes.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from ptool_ops.migrate.lock_analysis import (
     unknown_calls,
 )
 from ptool_ops.migrate.rules import RULES, Finding, Severity
+from ptool_ops.migrate.rules_release import ReleaseChecks
+from ptool_ops.migrate.rules_schema import KnownSchema
 
 __all__ = ["TENANT_COLUMN", "Checker"]
 
 TENANT_COLUMN = "tenant_id"
 
 
-class Checker:
+class Checker(ReleaseChecks):
     """Walks one file's statements in order, tracking what the file itself created."""
 
     def __init__(
@@ -38,7 +43,7 @@ class Checker:
         text: str,
         path: str,
         transactional: bool,
-        tenant_tables: Iterable[str],
+        schema: KnownSchema | Iterable[str],
         pg_version: int,
     ) -> None:
         self.text = text
@@ -46,8 +51,12 @@ class Checker:
         self.transactional = transactional
         self.in_transaction = transactional
         self.pg_version = pg_version
-        self.tenant_tables: set[str] = set(tenant_tables)
+        if not isinstance(schema, KnownSchema):
+            schema = KnownSchema(tenant_tables=set(schema))
+        self.schema = schema
+        self.tenant_tables = schema.tenant_tables  # the same set: updates carry over
         self.created: set[str] = set()
+        self._init_release_state()
         self.created_tenant: dict[str, Statement] = {}
         self.created_indexes: set[str] = set()
         self.rls_enabled: set[str] = set()
@@ -90,7 +99,7 @@ class Checker:
     # --- statements ----------------------------------------------------------------
 
     def statement(self, st: Statement) -> None:
-        from pglast import ast
+        from pglast import ast, enums
 
         node = st.node
         reason = non_transactional_reason(node, pg_version=self.pg_version)
@@ -121,9 +130,25 @@ class Checker:
             self.reindex(st, node)
         elif isinstance(node, ast.DropdbStmt):
             self.report("ban-drop-database", st, f"DROP DATABASE {node.dbname}")
+        elif isinstance(node, ast.ViewStmt):
+            self.create_view(relation_name(node.view), replace=bool(node.replace))
+        elif isinstance(node, ast.CreateSchemaStmt) and node.schemaname:
+            if not node.if_not_exists:
+                self.created_schemas.add(node.schemaname)
+        elif isinstance(node, ast.VariableSetStmt):
+            self.set_variable(node)
+        elif isinstance(node, ast.InsertStmt | ast.CopyStmt | ast.MergeStmt):
+            self.fill(node)
         name = created_table(node)
         if name:
             self.created.add(name)
+            into = getattr(node, "into", None) or getattr(node, "intoClause", None)
+            if into is not None and not into.skipData:  # CREATE TABLE AS, SELECT INTO
+                self.filled.add(name)
+            if isinstance(node, ast.CreateTableAsStmt):
+                self.schema.tables[name] = {}  # a known table, columns unknown
+                if node.objtype == enums.ObjectType.OBJECT_MATVIEW:
+                    self.create_view(name, replace=False)
 
     def transaction(self, st: Statement, node: Any) -> None:
         from pglast import enums
@@ -140,6 +165,8 @@ class Checker:
                 "transaction control in a migration that already runs in a transaction",
             )
             return
+        if ends:
+            self.end_release_transaction(committed=node.kind != k.TRANS_STMT_ROLLBACK)
         self.in_transaction = starts
         self.not_valid.clear()
 
@@ -151,6 +178,7 @@ class Checker:
         if TENANT_COLUMN in columns and node.relation.relpersistence != "t":
             self.tenant_tables.add(table)
             self.created_tenant[table] = st
+        self.schema.create_table(node)
 
     def create_index(self, st: Statement, node: Any) -> None:
         table = relation_name(node.relation)
@@ -166,24 +194,6 @@ class Checker:
                 " writes for the whole build",
             )
 
-    def drop(self, st: Statement, node: Any) -> None:
-        from pglast import enums
-
-        o = enums.ObjectType
-        names = [relation_name(obj) for obj in node.objects or ()]
-        if node.removeType == o.OBJECT_TABLE:
-            for name in names:
-                if not self.new(name):
-                    self.report("ban-drop-table", st, f"DROP TABLE {name}")
-        elif node.removeType == o.OBJECT_INDEX and not node.concurrent:
-            for name in names:
-                if not in_names(name, self.created_indexes):
-                    self.report(
-                        "require-concurrent-index-deletion",
-                        st,
-                        f"DROP INDEX {name} without CONCURRENTLY locks its table",
-                    )
-
     def rename(self, st: Statement, node: Any) -> None:
         from pglast import enums
 
@@ -191,17 +201,23 @@ class Checker:
         if node.relation is None:
             return
         table = relation_name(node.relation)
-        if self.new(table):
-            return
-        if node.renameType == o.OBJECT_COLUMN and node.relationType in (
+        is_column = node.renameType == o.OBJECT_COLUMN and node.relationType in (
             o.OBJECT_TABLE,
             o.OBJECT_FOREIGN_TABLE,
-        ):
-            self.report(
-                "renaming-column", st, f"RENAME COLUMN {table}.{node.subname} to {node.newname}"
-            )
+        )
+        if not self.new(table):
+            if is_column:
+                self.report(
+                    "renaming-column",
+                    st,
+                    f"RENAME COLUMN {table}.{node.subname} to {node.newname}",
+                )
+            elif node.renameType == o.OBJECT_TABLE:
+                self.report("renaming-table", st, f"RENAME TABLE {table} to {node.newname}")
+        if is_column:
+            self.schema.rename_column(table, node.subname, node.newname)
         elif node.renameType == o.OBJECT_TABLE:
-            self.report("renaming-table", st, f"RENAME TABLE {table} to {node.newname}")
+            self.schema.rename_table(table, node.newname)
 
     def rewrite(self, st: Statement, node: Any) -> None:
         from pglast import ast
@@ -240,52 +256,55 @@ class Checker:
     # --- ALTER TABLE -----------------------------------------------------------------
 
     def alter_table(self, st: Statement, node: Any) -> None:
-        from pglast import ast, enums
-
-        t = enums.AlterTableType
         table = relation_name(node.relation)
         new = self.new(table)
         for cmd in node.cmds or ():
-            sub = cmd.subtype
-            if sub == t.AT_EnableRowSecurity:
-                self.rls_enabled.add(table)
-            elif sub == t.AT_DisableRowSecurity:
-                self.disable_rls(st, table)
-            if new:
-                if sub == t.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
-                    self.remember_constraint(table, cmd.def_)
-                continue
-            if sub == t.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
-                self.add_column(st, table, cmd.def_)
-            elif sub == t.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
-                self.add_constraint(st, table, cmd.def_)
-            elif sub == t.AT_ValidateConstraint:
-                self.validate(st, table, cmd.name)
-            elif sub == t.AT_SetNotNull:
-                if (table, cmd.name) not in self.proven_not_null and not in_names(
-                    table, self.validated_unknown
-                ):
-                    self.report(
-                        "adding-not-nullable-field",
-                        st,
-                        f"SET NOT NULL on {table}.{cmd.name} scans the table under ACCESS"
-                        " EXCLUSIVE: no validated CHECK (col IS NOT NULL) precedes it",
-                    )
-            elif sub == t.AT_AlterColumnType:
+            self.alter_command(st, table, new, cmd)
+            self.schema.alter_table(table, [cmd])
+
+    def alter_command(self, st: Statement, table: str, new: bool, cmd: Any) -> None:
+        from pglast import ast, enums
+
+        t = enums.AlterTableType
+        sub = cmd.subtype
+        if sub == t.AT_EnableRowSecurity:
+            self.rls_enabled.add(table)
+        elif sub == t.AT_DisableRowSecurity:
+            self.disable_rls(st, table)
+        if new:
+            if sub == t.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
+                self.remember_constraint(table, cmd.def_)
+            if in_names(table, self.filled):
+                self.filled_foreign_key(st, table, cmd)
+            return
+        if sub == t.AT_AddColumn and isinstance(cmd.def_, ast.ColumnDef):
+            self.add_column(st, table, cmd.def_)
+        elif sub == t.AT_AddConstraint and isinstance(cmd.def_, ast.Constraint):
+            self.add_constraint(st, table, cmd.def_)
+        elif sub == t.AT_ValidateConstraint:
+            self.validate(st, table, cmd.name)
+        elif sub == t.AT_SetNotNull:
+            if (table, cmd.name) not in self.proven_not_null and not in_names(
+                table, self.validated_unknown
+            ):
                 self.report(
-                    "changing-column-type",
+                    "adding-not-nullable-field",
                     st,
-                    f"ALTER COLUMN {cmd.name} TYPE rewrites {table} under ACCESS EXCLUSIVE",
-                    node=cmd.def_,
+                    f"SET NOT NULL on {table}.{cmd.name} scans the table under ACCESS"
+                    " EXCLUSIVE: no validated CHECK (col IS NOT NULL) precedes it",
                 )
-            elif sub == t.AT_DropColumn:
-                self.report("ban-drop-column", st, f"DROP COLUMN {table}.{cmd.name}")
-            elif sub == t.AT_DetachPartition and not getattr(cmd.def_, "concurrent", False):
-                self.report(
-                    "require-concurrent-partition-detach",
-                    st,
-                    f"DETACH PARTITION from {table} without CONCURRENTLY",
-                )
+        elif sub == t.AT_AlterColumnType and isinstance(cmd.def_, ast.ColumnDef):
+            self.type_change(st, table, cmd.name, cmd.def_)
+        elif sub == t.AT_ColumnDefault:
+            self.column_default(st, table, cmd.name, cmd.def_)
+        elif sub == t.AT_DropColumn:
+            self.report("ban-drop-column", st, f"DROP COLUMN {table}.{cmd.name}")
+        elif sub == t.AT_DetachPartition and not getattr(cmd.def_, "concurrent", False):
+            self.report(
+                "require-concurrent-partition-detach",
+                st,
+                f"DETACH PARTITION from {table} without CONCURRENTLY",
+            )
 
     def disable_rls(self, st: Statement, table: str) -> None:
         tenant = in_names(table, self.tenant_tables)
@@ -445,6 +464,7 @@ class Checker:
     # --- end of file -------------------------------------------------------------------
 
     def finish(self) -> None:
+        self.end_release_transaction(committed=True)
         for table, st in self.created_tenant.items():
             if not in_names(table, self.rls_enabled):
                 self.report(

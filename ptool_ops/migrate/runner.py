@@ -51,6 +51,7 @@ from ptool_ops.migrate.run_lock import refuse_pooler, run_lock
 
 if TYPE_CHECKING:
     from ptool_ops.migrate.backup_point import BackupPlan, BackupPoint
+    from ptool_ops.migrate.compat import Gate
     from ptool_ops.migrate.lint import LintReport
     from ptool_ops.migrate.planning import Plan
 
@@ -118,7 +119,9 @@ class Runner:
     ``api_ready`` returns None when the API is ready after a migration, else why not;
     ``on_event`` is told (action, details) when a no-transaction migration starts, before
     its history row and first statement (the audit trail's "started" record); a
-    :class:`PtoolError` it raises stops the run with nothing of that migration changed.
+    :class:`PtoolError` it raises stops the run with nothing of that migration changed;
+    ``gate``: the compatibility gate every up passes before commit
+    (:mod:`ptool_ops.migrate.compat`; None: none).
     """
 
     def __init__(
@@ -132,8 +135,10 @@ class Runner:
         api_ready: Callable[[], str | None] | None = None,
         log: Callable[[str], None] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.url = url
+        self.gate = gate
         self.on_event = on_event
         self.directory = directory
         self.options = options or RunOptions()
@@ -163,12 +168,16 @@ class Runner:
     def lint(self, pending: list[MigrationFiles]) -> LintReport:
         """Lint every up script in order (tenant tables carry over) and keep the findings of
         ``pending``."""
-        from ptool_ops.migrate.lint import LintReport, lint_paths
+        from dataclasses import replace
 
-        report = lint_paths([m.up for m in self.migrations()])
+        from ptool_ops.migrate.files import without_phase_findings
+        from ptool_ops.migrate.lint import lint_paths
+
+        report = without_phase_findings(lint_paths([m.up for m in self.migrations()]))
         ups = {str(m.up) for m in pending}
         wanted = ups | {str(m.down) for m in pending}  # an empty down is the down's finding
-        return LintReport(
+        return replace(
+            report,
             files=[f for f in report.files if f in ups],
             findings=[f for f in report.findings if f.file in wanted],
         )
@@ -211,8 +220,11 @@ class Runner:
                 " set_config('statement_timeout', %s, false)",
                 (f"{self.options.lock_timeout_ms}ms", f"{self.options.statement_timeout_ms}ms"),
             )
-            executor = Executor(work, self.options, self._log, self.on_event)
-            skip = () if self.options.invariants else ("read_all_rows",)
+            gate = self.gate if what == "up" else None
+            executor = Executor(work, self.options, self._log, self.on_event, gate)
+            skip: tuple[str, ...] = () if self.options.invariants else ("read_all_rows",)
+            if gate is None or not gate.needs_app_role:
+                skip = (*skip, "probe_as_app")
             privileges.require(work, "migrate.run", skip=skip)
             # the history is made by the login on a fresh database (0001, run as the
             # login, gives it to the schema owner); everything else runs as the owner

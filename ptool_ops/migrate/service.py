@@ -7,14 +7,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ptool_ops.environment import Environment
 from ptool_ops.errors import OperationFailed, PtoolError, Refused, ServiceUnavailable
 from ptool_ops.migrate.execution import RunOptions
 from ptool_ops.migrate.runner import Runner
 
-__all__ = ["api_readiness", "options_for", "runner_for"]
+if TYPE_CHECKING:
+    from ptool_ops.migrate.compat import Gate
+
+__all__ = ["api_readiness", "gate_for", "options_for", "runner_for"]
+
+
+def gate_for(env: Environment, log: Callable[[str], None] | None = None) -> Gate | None:
+    """The compatibility gate from the environment's query set (None: switched off with
+    ``migrate_compat_check = false``). An environment without a repository, or whose
+    repository holds no query set, gets a gate with nothing to probe: ordinary migrations
+    pass, a ``contract`` one is refused (nothing proves the API stopped using what it
+    removes)."""
+    from ptool_ops.errors import ConfigError
+    from ptool_ops.migrate import queryset
+    from ptool_ops.migrate.compat import Gate
+
+    say = log or (lambda message: None)
+    if not env.settings.migrate_compat_check:
+        return None
+    try:
+        query_set = queryset.load(env.repository())
+    except ConfigError as err:
+        say(f"compatibility gate without a query set: {err.message}")
+        query_set = None
+    gate = Gate(query_set, log=say)
+    say(f"compatibility gate: {len(gate.statements)} statement(s) ({gate.basis})")
+    return gate
 
 
 def options_for(env: Environment, *, invariants: bool = True) -> RunOptions:
@@ -65,6 +91,7 @@ def runner_for(
     check_api: bool = True,
     invariants: bool = True,
     log: Callable[[str], None] | None = None,
+    gate: bool = True,
 ) -> Runner:
     """A runner for an environment's migrations, as its migrator."""
     from ptool_ops.booking import MIGRATIONS_DIR
@@ -102,4 +129,5 @@ def runner_for(
         api_ready=api_readiness(env, options.api_ready_timeout_s, say) if check_api else None,
         log=say,
         on_event=started,
+        gate=gate_for(env, say) if gate else None,
     )

@@ -8,6 +8,9 @@
    inside, as for real); ``down``; the catalog must equal the snapshot (roles, schemas,
    relations, columns, constraints, indexes, triggers, policies, functions, types, ACLs
    -- :mod:`ptool_ops.migrate.snapshot`; the history schema is left out); ``up`` again.
+   Each ``up`` passes the compatibility gate when one is given
+   (:mod:`ptool_ops.migrate.compat`: the API's captured statements, prepared as the app
+   role against the migrated copy).
 3. The scratch database is dropped, whatever happened.
 
 The first failure stops the test (later migrations build on the failed one).
@@ -21,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
@@ -32,6 +35,9 @@ from ptool_ops.errors import OperationFailed, PtoolError
 from ptool_ops.migrate import history
 from ptool_ops.migrate.history import HISTORY_TABLE
 from ptool_ops.migrate.runner import Runner, RunOptions
+
+if TYPE_CHECKING:
+    from ptool_ops.migrate.compat import Gate
 
 __all__ = ["MigrationTest", "TestReport", "run_migration_tests"]
 
@@ -48,6 +54,7 @@ class MigrationTest:
     reversible: bool = False
     diff: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    compatibility: dict[str, Any] | None = None  # the gate's report of the first up
 
     @property
     def ok(self) -> bool:
@@ -142,6 +149,7 @@ def run_migration_tests(
     source: str = "auto",
     pg_bin_dir: Path | None = None,
     log: Callable[[str], None] | None = None,
+    gate: Gate | None = None,
 ) -> TestReport:
     """Apply, revert and re-apply every pending migration on a scratch copy."""
     from ptool_ops.migrate.snapshot import diff, snapshot
@@ -150,7 +158,8 @@ def run_migration_tests(
     started = time.monotonic()
     options = replace(options or RunOptions(), lint=False)
     with pg.connect(url) as conn:
-        privileges.require(conn, "migrate.test")
+        skip = () if gate is not None and gate.needs_app_role else ("probe_as_app",)
+        privileges.require(conn, "migrate.test", skip=skip)
         dbname = str(conn.info.dbname)
         has_history = history.history_exists(conn)
     scratch = f"{dbname[:30]}_ptool_mtest_{uuid.uuid4().hex[:8]}"
@@ -186,7 +195,7 @@ def run_migration_tests(
             ) from None
         try:
             report = TestReport(scratch, used, [])
-            _run(_with_db(url, scratch), directory, options, report, say, diff, snapshot)
+            _run(_with_db(url, scratch), directory, options, report, say, diff, snapshot, gate)
         finally:
             admin.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(scratch))
@@ -203,8 +212,9 @@ def _run(
     say: Callable[[str], None],
     diff: Callable[..., dict[str, dict[str, list[tuple[Any, ...]]]]],
     snapshot: Callable[..., dict[str, list[tuple[Any, ...]]]],
+    gate: Gate | None = None,
 ) -> None:
-    runner = Runner(url, directory=directory, options=options)
+    runner = Runner(url, directory=directory, options=options, gate=gate)
     pending = [s for s in runner.status().pending if s.migration is not None]
     for s in pending:
         test = MigrationTest(s.version, s.name)
@@ -215,7 +225,7 @@ def _run(
                 before = snapshot(conn, exclude_schemas=("ptool_ops",))
             say(f"{s.label}: up")
             clock = time.monotonic()
-            runner.up(to=s.version)
+            test.compatibility = _gate_of(runner.up(to=s.version))
             test.up_ms = round((time.monotonic() - clock) * 1000)
             with pg.connect(url) as conn:
                 test.changed = sorted(diff(before, snapshot(conn, exclude_schemas=("ptool_ops",))))
@@ -240,4 +250,13 @@ def _run(
             test.reapply_ms = round((time.monotonic() - clock) * 1000)
         except PtoolError as err:
             test.error = f"{step}: {err.message}"
+            if gate is not None and gate.reports and step == "up":
+                test.compatibility = gate.reports[-1].to_dict()
             break
+
+
+def _gate_of(result: Any) -> dict[str, Any] | None:
+    for m in result.migrations:
+        if m.compatibility is not None:
+            return dict(m.compatibility)
+    return None

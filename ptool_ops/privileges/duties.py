@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptool_ops.errors import PermissionDenied
 from ptool_ops.privileges.model import (
+    APP_GROUP,
     APP_LOGINS,
     BACKUP,
     DATA_SCHEMAS,
@@ -186,6 +187,58 @@ NEEDS: dict[str, Need] = {
             " pg_catalog.pg_switch_wal() TO {role} (in database postgres, as a superuser of"
             " the self-managed server)",
         ),
+        # --- migration compatibility gate (migrate capture, the PREPARE probes) ---------
+        Need(
+            "read_query_stats",
+            "the privileges of pg_read_all_stats (on Neon: through neon_superuser's pg_monitor)",
+            "reads the text of the statements other roles (the booking API) ran, from"
+            " pg_stat_statements",
+            "SELECT 'pg_read_all_stats' WHERE NOT pg_catalog.pg_has_role("
+            "current_user, 'pg_read_all_stats', 'USAGE')",
+            "GRANT pg_read_all_stats TO {role}",
+        ),
+        Need(
+            "probe_as_app",
+            f"membership in {APP_GROUP} with SET (directly, or through {MIGRATOR})",
+            f"prepares the API's captured statements as {APP_GROUP} (SET ROLE) against the"
+            " migrated schema, inside the migration's transaction",
+            "SELECT %(app)s::text WHERE NOT pg_catalog.pg_has_role(session_user,"
+            " %(app)s::text, 'SET')",
+            f"GRANT {APP_GROUP} TO {MIGRATOR} WITH INHERIT TRUE, SET TRUE (and {MIGRATOR} TO"
+            " {role} when {role} is not it)",
+        ),
+        # --- end of the migration compatibility gate -------------------------------------
+        # --- tenant recovery (recover tenant) ---------------------------------------------
+        Need(
+            "read_tenant_rows",
+            "SELECT on every table of schema booking, not filtered by row-level security"
+            " (BYPASSRLS or table ownership); every query names the tenant",
+            "reads one tenant's rows, live and in the restored copy, by an explicit tenant"
+            " filter (the operator is not subject to row-level security, so the filter is"
+            " what scopes each read)",
+            _TABLES + " AND n.nspname = 'booking'"
+            " AND NOT (pg_catalog.has_schema_privilege(n.oid, 'USAGE')"
+            " AND pg_catalog.has_table_privilege(c.oid, 'SELECT')"
+            f" AND (NOT c.relrowsecurity OR {_BYPASS}"
+            " OR pg_catalog.pg_has_role(c.relowner, 'USAGE')))",
+            "ALTER ROLE {role} BYPASSRLS; GRANT SELECT ON ALL TABLES IN SCHEMA booking TO {role}",
+        ),
+        Need(
+            "restore_tenant_rows",
+            "INSERT and UPDATE on the tenant tables of schema booking and INSERT on the event"
+            " store booking.events, not filtered by row-level security",
+            "re-inserts one tenant's rows with their original ids and values, restores changed"
+            " ones, and appends an event per restored aggregate (never DELETE)",
+            _TABLES + " AND n.nspname = 'booking'"
+            " AND (c.relname = 'tenants' OR EXISTS (SELECT FROM pg_catalog.pg_attribute a"
+            " WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped))"
+            " AND NOT (pg_catalog.has_table_privilege(c.oid, 'INSERT')"
+            " AND (c.relname = 'events' OR pg_catalog.has_table_privilege(c.oid, 'UPDATE'))"
+            f" AND (NOT c.relrowsecurity OR {_BYPASS}"
+            " OR pg_catalog.pg_has_role(c.relowner, 'USAGE')))",
+            "ALTER ROLE {role} BYPASSRLS; GRANT INSERT, UPDATE ON <tables> TO {role}",
+        ),
+        # --- end of tenant recovery -------------------------------------------------------
     )
 }
 
@@ -212,14 +265,18 @@ DUTIES: dict[str, Duty] = {
             "migrate.run",
             ("migrate up", "migrate down", "migrate repair"),
             MIGRATOR,
-            ("run_migrations", "read_all_rows"),
+            # probe_as_app: only checked when a query set is there to probe (see runner)
+            ("run_migrations", "read_all_rows", "probe_as_app"),
         ),
         Duty(
             "migrate.test",
             ("migrate test",),
             OPERATOR,
-            ("createdb", "act_as_schema_owner", "read_all_rows"),
+            ("createdb", "act_as_schema_owner", "read_all_rows", "probe_as_app"),
         ),
+        # --- migration compatibility gate -------------------------------------------------
+        Duty("migrate.capture", ("migrate capture",), OPERATOR, ("read_query_stats",)),
+        # --- end of the migration compatibility gate ---------------------------------------
         Duty("backup.create", ("backup create",), BACKUP, ("dump_everything",)),
         Duty(
             "backup.restore",
@@ -248,6 +305,14 @@ DUTIES: dict[str, Duty] = {
             OPERATOR,
             ("read_all_rows",),
         ),
+        # --- tenant recovery ---------------------------------------------------------------
+        Duty(
+            "recover.tenant",
+            ("recover tenant",),
+            OPERATOR,
+            ("read_tenant_rows", "restore_tenant_rows"),
+        ),
+        # --- end of tenant recovery --------------------------------------------------------
     )
 }
 
@@ -325,6 +390,7 @@ def check(
             "schemas": list(DATA_SCHEMAS),
             "owner": SCHEMA_OWNER,
             "managed": list(managed if managed is not None else ROTATED_ROLES),
+            "app": APP_GROUP,
         }
         rows = conn.execute(need.missing, params).fetchall()
         if rows:

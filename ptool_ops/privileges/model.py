@@ -144,6 +144,13 @@ MEMBERSHIPS: tuple[Membership, ...] = (
         for login in APP_LOGINS
     ),
     Membership(
+        APP_GROUP,
+        MIGRATOR,
+        why="the compatibility gate of migrate up prepares the API's captured statements as"
+        " booking_app (SET ROLE) inside the migration's transaction; booking_app's grants"
+        " are a subset of what the schema owner has",
+    ),
+    Membership(
         MIGRATOR,
         OWNER,
         why="the operator acts as the schema owner: pg_restore gives restored objects to"

@@ -52,9 +52,15 @@ def platform_database_statements(database: str = DATABASE) -> Iterator[str]:
 
 
 def self_managed_statements() -> Iterator[str]:
-    """What a self-managed server's administrator grants for point-in-time restore."""
+    """What a self-managed server's administrator does, in the maintenance database
+    ``postgres``: the grants for point-in-time restore, and ``pg_stat_statements`` (the
+    server preloads it) for ``migrate capture``. In ``postgres``, not the booking database,
+    so no dump of that database holds an extension only a superuser may create there (on
+    Neon the owner creates it in the database itself: ``CREATE EXTENSION
+    pg_stat_statements``)."""
     for function, grantee in SELF_MANAGED_FUNCTION_GRANTS:
         yield f"GRANT EXECUTE ON FUNCTION {function} TO {plain(grantee)}"
+    yield "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"
 
 
 def _sql_bool(value: bool) -> str:

@@ -51,6 +51,7 @@ BEGIN
     FOR edge IN SELECT * FROM (VALUES
         ('booking_app', 'booking_app_a', false),
         ('booking_app', 'booking_app_b', false),
+        ('booking_app', 'booking_migrator', false),
         ('booking_migrator', 'booking_owner', false)
     ) AS e(grp, member, admin)
     LOOP
