@@ -65,6 +65,21 @@ SMALL: dict[str, tuple[list[str], str]] = {
         ["--bookings", "2000", "--tenants", "3", "--wal-mb", "40", "--segments", "2"],
         r"^ratio pitr restore / baseline: \d+\.\d\d",
     ),
+    "recover.py": (
+        [
+            "--bookings",
+            "3000",
+            "--tenants",
+            "3",
+            "--deleted",
+            "200",
+            "--updated",
+            "20",
+            "--writes",
+            "30",
+        ],
+        r"^ratio recover / full restore \+ replace: \d+\.\d\d",
+    ),
 }
 
 

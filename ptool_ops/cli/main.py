@@ -26,6 +26,7 @@ from ptool_ops.cli import drill as drill_cli
 from ptool_ops.cli import local as local_cli
 from ptool_ops.cli import migrate as migrate_cli
 from ptool_ops.cli import pitr as pitr_cli
+from ptool_ops.cli import recover as recover_cli
 from ptool_ops.cli import report as report_cli
 from ptool_ops.cli import runbook as runbook_cli
 from ptool_ops.cli import secrets as secrets_cli
@@ -139,6 +140,7 @@ app.add_typer(drill_cli.app, name="drill")
 app.add_typer(migrate_cli.app, name="migrate")
 app.add_typer(pitr_cli.app, name="pitr")
 app.add_typer(runbook_cli.app, name="runbook")
+app.add_typer(recover_cli.app, name="recover")
 app.add_typer(secrets_cli.app, name="secrets")
 app.command("status")(status_cli.status)
 app.command("report")(report_cli.report)

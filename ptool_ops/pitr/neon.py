@@ -367,7 +367,8 @@ class NeonInspection:
     #: the operator's connection string of the clone (with its password)
     connection: SecretStr
     invariants: InvariantReport
-    comparison: Comparison
+    #: None when the inspection was asked not to compare (``compare_live=False``)
+    comparison: Comparison | None
     created_at: str
 
     @property
@@ -386,17 +387,19 @@ class NeonInspection:
             "connection_uri": _redacted(self.connection),
             "created_at": self.created_at,
             "invariants_ok": self.invariants.ok,
-            "identical": self.comparison.identical,
+            "identical": self.comparison.identical if self.comparison else None,
             "invariants": self.invariants.to_dict(),
-            "comparison": self.comparison.to_dict(),
+            "comparison": self.comparison.to_dict() if self.comparison else None,
         }
 
     def describe(self) -> str:
         """A few lines for people: the clone, its invariants, how it differs, what next."""
         comp = self.comparison
-        tables = [t for t in comp.tables if t.delta]
+        tables = [t for t in comp.tables if t.delta] if comp else []
         differs = (
-            "its data is identical to live"
+            "it was not compared with live"
+            if comp is None
+            else "its data is identical to live"
             if comp.identical
             else f"{len(tables)} table(s) differ in rows, {comp.tenants_differing} tenant(s)"
             f" and {comp.streams_differing} event stream(s) differ from live"
@@ -425,6 +428,7 @@ def inspect(
     *,
     progress: Progress | None = None,
     keep_name: str | None = None,
+    compare_live: bool = True,
 ) -> NeonInspection:
     """Create a branch of the environment's branch at ``target`` (a time or an LSN) with a
     read-write compute, check the invariants on it and compare its data with live.
@@ -433,6 +437,7 @@ def inspect(
     (default ``pitr-<UTC yyyymmddHHMMSS>``) and stays after a successful inspection --
     :func:`delete_clone` removes it; if the inspection fails after the branch was made, the
     branch is deleted again. Logs in to both as the operator (same role, same database).
+    ``compare_live=False`` skips the comparison (tenant recovery diffs one tenant itself).
     """
     from ptool_ops import pg
     from ptool_ops.pitr.compare import compare
@@ -474,8 +479,10 @@ def inspect(
                 with pg.connect(uri) as copy:
                     say("invariants", f"checking the invariants on branch {name}")
                     report = _invariants(copy, f"branch {name}")
-                    say("compare", f"comparing branch {name} with live")
-                    comparison = compare(live, copy)
+                    comparison = None
+                    if compare_live:
+                        say("compare", f"comparing branch {name} with live")
+                        comparison = compare(live, copy)
             except BaseException as err:
                 gone = _delete_quietly(neon, where.project_id, clone.id)
                 if isinstance(err, PtoolError):
