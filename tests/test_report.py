@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -39,6 +40,8 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment
 
 def dump_dom(page: Path, profile: Path) -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None and os.environ.get("PTOOL_NO_CHROMIUM"):
+        pytest.skip(".ci/run could not install Debian's chromium: rendering not checked")
     if chromium is None:
         pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does)")
     done = subprocess.run(
