@@ -283,19 +283,7 @@ def _label(value: str) -> str:
 
 def write_prometheus(report: StatusReport, path: Path) -> None:
     """Atomically: the collector never reads half a file."""
-    import os
-    import tempfile
+    from ptool_ops.files import atomic_write
 
-    text = prometheus(report)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, prometheus(report), mode=0o644)

@@ -26,22 +26,16 @@ def report(
     """Backups over time, the point-in-time window and its gaps, restore drills with their
     RTO against the target, secret ages, the audit chain: one HTML page. Exit 1 when a
     section names a problem (the page is written either way)."""
-    import os
-    import tempfile
-
     from ptool_ops import report as report_lib
     from ptool_ops.errors import ConfigError
+    from ptool_ops.files import atomic_write
 
     app_ctx = context.get(ctx)
     page, sections = report_lib.build(app_ctx.env)
     target = html_file.resolve()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(page)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
+        atomic_write(target, page, mode=0o644)
     except OSError as err:
         raise ConfigError(
             f"cannot write {html_file}: {err.strerror}.", hint="Choose a writable path."

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ptool_ops.errors import Conflict, DatabaseUnavailable, OperationFailed, ToolMissing
+from ptool_ops.files import atomic_write
 from ptool_ops.pg import bundled_bin_dir
 
 SERVER_OS_USER = "embedded_postgres"
@@ -562,17 +563,6 @@ def _allow_traversal(path: Path) -> None:
         mode = parent.stat().st_mode
         if not mode & 0o001:
             parent.chmod(mode | 0o001)
-
-
-def atomic_write(path: Path, text: str, *, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _tail(path: Path, lines: int = 20) -> str:

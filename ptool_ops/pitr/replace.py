@@ -417,7 +417,7 @@ def replace(
 
 
 def _mark_replaced(root: Path, data: dict[str, Any], plan: ReplacePlan) -> None:
-    from ptool_ops.local.cluster import atomic_write
+    from ptool_ops.files import atomic_write
 
     data.update(
         state="replaced",

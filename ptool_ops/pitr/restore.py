@@ -535,7 +535,7 @@ def _restore(
 def _write_state(
     root: Path, restore_id: str, env: Environment, plan_: Plan, port: int, state: str
 ) -> None:
-    from ptool_ops.local.cluster import atomic_write
+    from ptool_ops.files import atomic_write
 
     data = {
         "id": restore_id,
@@ -601,7 +601,7 @@ def promote(env: Environment, restore_id: str, *, timeout_s: float = 120.0) -> d
         assert row is not None
         data["state"] = "promoted" if not row[0] else "recovering"
         data["timeline"] = timeline
-        from ptool_ops.local.cluster import atomic_write
+        from ptool_ops.files import atomic_write
 
         atomic_write(root / STATE_FILE, json.dumps(data, indent=2) + "\n", mode=0o644)
     return data

@@ -26,14 +26,15 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from ptool_ops.errors import ConfigError, ManualActionRequired, OperationFailed, PtoolError, Refused
+from ptool_ops.errors import ConfigError, OperationFailed, PtoolError, Refused
 from ptool_ops.secrets.protocol import (
     Progress,
     RevokeReport,
     RotationReport,
-    StepResult,
     ago,
     consumer_for,
+    rollback_failed,
+    rolled_back,
     spec_of,
     timed,
 )
@@ -279,8 +280,7 @@ def _undo(
     token: str,
     err: PtoolError,
 ) -> None:
-    failed_at = next((s.name for s in report.steps if s.outcome == "failed"), "start")
-    undone = []
+    undone: list[str] = []
     try:
         if any(s.name == "propagate" for s in report.steps):
             # a key signed with already verifies on: tokens it signed meanwhile stay valid
@@ -290,22 +290,10 @@ def _undo(
         m.store.remove_label(PENDING, token)
         undone.append(f"{PENDING} removed from {token}")
     except PtoolError as second:
-        report.outcome, report.error = "rollback failed", second.message
-        raise ManualActionRequired(
-            f"rotating {m.name} failed at {failed_at} ({err.message.rstrip('.')}), and rolling"
-            f" back failed too: {second.message.rstrip('.')}.",
-            hint=f"Give the consumers the store's {CURRENT} value again, then run 'ptool-ops"
-            f" secrets rotate {m.name}' to finish or clear the rotation.",
-            details={"report": report.to_dict()},
+        raise rollback_failed(
+            m.name, report, err, second, f"Give the consumers the store's {CURRENT} value again"
         ) from None
-    report.outcome, report.error = "rolled back", err.message
-    report.steps.append(StepResult("rollback", "done", "; ".join(undone)))
-    raise OperationFailed(
-        f"rotating {m.name} failed at {failed_at}: {err.message.rstrip('.')}; rolled back"
-        f" ({'; '.join(undone)}).",
-        hint=err.hint or f"Fix the cause, then run 'ptool-ops secrets rotate {m.name}' again.",
-        details={"report": report.to_dict()},
-    ) from None
+    raise rolled_back(m.name, report, err, undone) from None
 
 
 def rollback(env: Environment, name: str, *, progress: Progress | None = None) -> RotationReport:

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ptool_ops.errors import ConfigError
+from ptool_ops.errors import ConfigError, ManualActionRequired, OperationFailed, PtoolError
 from ptool_ops.secrets.spec import ManagedSecret
 
 if TYPE_CHECKING:
@@ -166,3 +166,35 @@ def ago(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def failed_step(report: RotationReport) -> str:
+    return next((s.name for s in report.steps if s.outcome == "failed"), "start")
+
+
+def rolled_back(
+    name: str, report: RotationReport, err: PtoolError, undone: list[str]
+) -> OperationFailed:
+    """The error of a rotation that failed and was undone (the report in its details)."""
+    report.outcome, report.error = "rolled back", err.message
+    report.steps.append(StepResult("rollback", "done", "; ".join(undone)))
+    return OperationFailed(
+        f"rotating {name} failed at {failed_step(report)}: {err.message.rstrip('.')}; rolled"
+        f" back ({'; '.join(undone)}).",
+        hint=err.hint or f"Fix the cause, then run 'ptool-ops secrets rotate {name}' again.",
+        details={"report": report.to_dict()},
+    )
+
+
+def rollback_failed(
+    name: str, report: RotationReport, err: PtoolError, second: PtoolError, what_now: str
+) -> ManualActionRequired:
+    """The error of a rotation whose undoing failed too: ``what_now`` says how to recover."""
+    report.outcome, report.error = "rollback failed", second.message
+    return ManualActionRequired(
+        f"rotating {name} failed at {failed_step(report)} ({err.message.rstrip('.')}), and"
+        f" rolling back failed too: {second.message.rstrip('.')}.",
+        hint=f"{what_now}, then run 'ptool-ops secrets rotate {name}' again to finish or clear"
+        " the rotation.",
+        details={"report": report.to_dict()},
+    )

@@ -41,9 +41,10 @@ from ptool_ops.secrets.protocol import (
     Progress,
     RevokeReport,
     RotationReport,
-    StepResult,
     ago,
     consumer_for,
+    rollback_failed,
+    rolled_back,
     spec_of,
     timed,
 )
@@ -401,7 +402,6 @@ def _roll_back(
     m: ManagedCredential, report: RotationReport, current: Labelled, token: str, err: PtoolError
 ) -> None:
     """Undo a run that failed before ``finish``; always raises."""
-    failed_at = next((s.name for s in report.steps if s.outcome == "failed"), "start")
     undone: list[str] = []
     try:
         reached = {s.name for s in report.steps}
@@ -416,23 +416,15 @@ def _roll_back(
         m.store.remove_label(PENDING, token)
         undone.append(f"{PENDING} removed from {token}")
     except PtoolError as second:
-        report.outcome, report.error = "rollback failed", second.message
-        raise ManualActionRequired(
-            f"rotating {m.name} failed at {failed_at} ({err.message.rstrip('.')}), and rolling"
-            f" back failed too: {second.message.rstrip('.')}.",
-            hint=f"The credential {current.credential.username} in the store as {CURRENT} is"
-            f" still valid: point the consumers at it, then run 'ptool-ops secrets rotate"
-            f" {m.name}' again to finish or clear the rotation.",
-            details={"report": report.to_dict()},
+        raise rollback_failed(
+            m.name,
+            report,
+            err,
+            second,
+            f"The credential {current.credential.username} in the store as {CURRENT} is still"
+            " valid: point the consumers at it",
         ) from None
-    report.outcome, report.error = "rolled back", err.message
-    report.steps.append(StepResult("rollback", "done", "; ".join(undone)))
-    raise OperationFailed(
-        f"rotating {m.name} failed at {failed_at}: {err.message.rstrip('.')}; rolled back"
-        f" ({'; '.join(undone)}).",
-        hint=err.hint or f"Fix the cause, then run 'ptool-ops secrets rotate {m.name}' again.",
-        details={"report": report.to_dict()},
-    ) from None
+    raise rolled_back(m.name, report, err, undone) from None
 
 
 # --- rollback of a finished rotation, revoke --------------------------------------------
