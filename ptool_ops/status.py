@@ -105,6 +105,8 @@ def collect(env: Environment, *, invariants: bool = True) -> StatusReport:
 
 def _thresholds(env: Environment, report: StatusReport) -> None:
     """The figures held against settings; what needs the database only when it answered."""
+    import psycopg
+
     from ptool_ops import status_checks
 
     now = status_checks.now_utc()
@@ -119,6 +121,9 @@ def _thresholds(env: Environment, report: StatusReport) -> None:
                     report.kpis = status_checks.kpis(conn)
         except PtoolError as err:
             report.breach(Check("database", False, err.message.rstrip(".")))
+        except psycopg.Error as err:  # a figure the login may not read: say which, go on
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            report.breach(Check("database", False, f"a status query failed: {first}"))
     report.breach(status_checks.backup_age(env, now))
     report.breach(status_checks.drill_age(env, now))
     for check in status_checks.secrets(env):

@@ -152,16 +152,23 @@ def drill_age(env: Environment, now: datetime) -> Check:
 def wal_archiver(env: Environment, conn: psycopg.Connection[Any], now: datetime) -> Check:
     """Breached when the archiver's last attempt failed, or a finished segment has waited
     longer than the threshold (an idle server that archives nothing is not behind)."""
+    import psycopg
+
     limit = env.settings.status_wal_lag_max_s
+    if env.kind == "neon":
+        return Check("wal.lag", None, "Neon keeps the WAL (branches)", None, limit, "s")
     mode = conn.execute("SELECT current_setting('archive_mode')").fetchone()
     if mode is None or mode[0] == "off":
-        where = "Neon keeps the WAL" if env.kind == "neon" else "archive_mode is off"
-        return Check("wal.lag", None, f"not archiving here ({where})", None, limit, "s")
-    row = conn.execute(
-        "SELECT last_archived_wal, last_archived_time, last_failed_wal, last_failed_time,"
-        " pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn())"
-        " FROM pg_catalog.pg_stat_archiver"
-    ).fetchone()
+        return Check("wal.lag", None, "not archiving here (archive_mode is off)", None, limit, "s")
+    try:
+        row = conn.execute(
+            "SELECT last_archived_wal, last_archived_time, last_failed_wal, last_failed_time,"
+            " CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL"
+            " ELSE pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END"
+            " FROM pg_catalog.pg_stat_archiver"
+        ).fetchone()
+    except psycopg.Error as err:
+        return Check("wal.lag", False, f"cannot read pg_stat_archiver: {err.sqlstate}", None, limit)
     assert row is not None
     archived, archived_at, failed, failed_at, current = row
     if failed_at is not None and (archived_at is None or failed_at > archived_at):
