@@ -105,12 +105,6 @@ def _redacted(uri: SecretStr) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _register_secret(env: Environment, uri: SecretStr) -> None:
-    """Hand a connection string and its password to the environment's redactor before
-    anything can print them."""
-    env.mark_secret(uri.get_secret_value())
-
-
 def _note(err: PtoolError, text: str) -> PtoolError:
     """``err`` with ``text`` added to its sentence (what state things were left in)."""
     err.message = f"{err.message.rstrip('.')} ({text})."
@@ -474,7 +468,7 @@ def inspect(
                 uri = neon.connection_uri(
                     where.project_id, branch_id=clone.id, database_name=database, role_name=role
                 )
-                _register_secret(env, uri)
+                env.mark_secret(uri.get_secret_value())
                 say("connect", f"clone: {pg.describe(uri)}")
                 with pg.connect(uri) as copy:
                     say("invariants", f"checking the invariants on branch {name}")

@@ -86,11 +86,15 @@ class ManagedValue:
                 self.env.mark_secret(str(doc[key]))
         return {k: str(v) for k, v in doc.items() if isinstance(v, str)}
 
-    def labelled(self, label: str) -> list[tuple[Version, dict[str, str]]]:
-        return [(v, self.read(v)) for v in self.store.describe() if label in v.labels]
+    def labelled(
+        self, label: str, versions: list[Version] | None = None
+    ) -> list[tuple[Version, dict[str, str]]]:
+        """The versions carrying ``label`` (of ``versions`` when the caller listed them)."""
+        listed = self.store.describe() if versions is None else versions
+        return [(v, self.read(v)) for v in listed if label in v.labels]
 
-    def current(self) -> tuple[Version, dict[str, str]]:
-        found = self.labelled(CURRENT)
+    def current(self, versions: list[Version] | None = None) -> tuple[Version, dict[str, str]]:
+        found = self.labelled(CURRENT, versions)
         if not found:
             raise ConfigError(
                 f"secret {self.store.name} has no {CURRENT} version.",

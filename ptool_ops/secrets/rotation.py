@@ -117,11 +117,13 @@ class ManagedCredential:
         self.env.mark_secret(credential.password.get_secret_value())
         return credential
 
-    def labelled(self, label: str) -> list[Labelled]:
-        return [Labelled(v, self.read(v)) for v in self.store.describe() if label in v.labels]
+    def labelled(self, label: str, versions: list[Version] | None = None) -> list[Labelled]:
+        """The versions carrying ``label`` (of ``versions`` when the caller listed them)."""
+        listed = self.store.describe() if versions is None else versions
+        return [Labelled(v, self.read(v)) for v in listed if label in v.labels]
 
-    def current(self) -> Labelled:
-        found = self.labelled(CURRENT)
+    def current(self, versions: list[Version] | None = None) -> Labelled:
+        found = self.labelled(CURRENT, versions)
         if not found:
             raise ConfigError(
                 f"secret {self.store.name} has no {CURRENT} version.",

@@ -99,7 +99,7 @@ def _fill(m: Any, entry: SecretStatus) -> None:
     if entry.kind in APPLICATION_KINDS:
         _fill_value(m, entry, versions)
         return
-    current = m.current()
+    current = m.current(versions)
     entry.current_version = current.version.id
     entry.current_role = current.credential.username
     created = current.version.created
@@ -110,7 +110,7 @@ def _fill(m: Any, entry: SecretStatus) -> None:
             f"the password the store calls {CURRENT} for {current.credential.username} does"
             " not log in (drift between the store and the database)"
         )
-    previous = m.labelled(PREVIOUS)
+    previous = m.labelled(PREVIOUS, versions)
     if previous:
         entry.previous_role = previous[0].credential.username
         before = previous[0].credential
@@ -132,11 +132,11 @@ def _age(entry: SecretStatus, created: datetime | None) -> None:
 def _fill_value(m: Any, entry: SecretStatus, versions: list[Any]) -> None:
     """An application secret: no login to try; the previous value is accepted while it
     is labelled (revoke-previous removes both)."""
-    version, doc = m.current()
+    version, doc = m.current(versions)
     entry.current_version = version.id
     entry.current_role = doc.get("kid")
     _age(entry, version.created)
-    previous = m.labelled(PREVIOUS)
+    previous = m.labelled(PREVIOUS, versions)
     entry.previous_valid = bool(previous)
     entry.previous_role = (previous[0][1].get("kid") or previous[0][0].id) if previous else None
     _pending_and_last(entry, versions, version.id)
