@@ -20,6 +20,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from ptool_ops import tracing
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
@@ -236,7 +238,13 @@ class Output:
 
     @contextmanager
     def progress(self, description: str, total: int | None = None) -> Iterator[ProgressTask]:
-        """A progress bar on stderr for people at a terminal; silent for JSON and pipes."""
+        """A progress bar on stderr for people at a terminal; silent for JSON and pipes.
+        Traced as a span of the command (:mod:`ptool_ops.tracing`), whatever is shown."""
+        with tracing.span(description), self._bar(description, total) as task:
+            yield task
+
+    @contextmanager
+    def _bar(self, description: str, total: int | None) -> Iterator[ProgressTask]:
         if self.json or not self._stderr.isatty():
             yield ProgressTask(None, None)
             return

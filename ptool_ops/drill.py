@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ptool_ops import tracing
 from ptool_ops.audit import audited
 from ptool_ops.errors import PtoolError
 
@@ -66,6 +67,7 @@ class DrillResult:
         }
 
 
+@tracing.span("logical")
 def _logical(env: Environment, progress: Callable[[str], None]) -> DrillPart:
     from ptool_ops.backup.verify import verify
 
@@ -91,6 +93,7 @@ def _logical(env: Environment, progress: Callable[[str], None]) -> DrillPart:
     )
 
 
+@tracing.span("point-in-time")
 def _point_in_time(
     env: Environment, result: DrillResult, progress: Callable[[str], None]
 ) -> DrillPart | None:
@@ -166,7 +169,8 @@ def run(
                 result.parts.append(part)
         else:
             result.skipped.append("point-in-time: --no-pitr")
-        env.repository().put_json(f"{PREFIX}/{result.id}.json", result.to_dict())
+        with tracing.span("evidence"):
+            env.repository().put_json(f"{PREFIX}/{result.id}.json", result.to_dict())
         entry.details.update(
             ok=result.ok,
             rpo_s=result.rpo_s,

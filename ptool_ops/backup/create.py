@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ptool_ops import pg, privileges
+from ptool_ops import pg, privileges, tracing
 from ptool_ops.audit import audited
 from ptool_ops.backup import tools
 from ptool_ops.backup.listing import new_id
@@ -211,12 +211,15 @@ def create(
     lease = Lease(
         repo.storage, lease_key(backup_id), "backup create", on_lost=lambda _why: stop.set()
     )
-    with audited(
-        env,
-        "backup.create",
-        {"backup_id": backup_id, "repository": repo.url},
-        done=lambda: f"backup {backup_id} was created in {repo.url}",
-    ) as entry:
+    with (
+        audited(
+            env,
+            "backup.create",
+            {"backup_id": backup_id, "repository": repo.url},
+            done=lambda: f"backup {backup_id} was created in {repo.url}",
+        ) as entry,
+        tracing.steps(step) as traced,
+    ):
         try:
             started = datetime.now(UTC)
             clock = time.monotonic()
@@ -237,7 +240,7 @@ def create(
                     pg_bin_dir=env.pg_bin_dir,
                 )
 
-                step = "exporting the snapshot"
+                step = traced("exporting the snapshot")
                 snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 snap.execute("SET LOCAL row_security = off")
                 row = snap.execute(
@@ -254,7 +257,7 @@ def create(
                 prefix = backup_dir(backup_id)
                 snap_args = [*DUMP_ARGS, f"--snapshot={snapshot}"]
 
-                step = "dumping"
+                step = traced("dumping")
                 big = [t for t in tables if t.bytes >= split_bytes] if jobs > 1 else []
                 big.sort(key=lambda t: -t.bytes)
                 streams: list[tuple[str, list[str], str | None]] = [
@@ -309,9 +312,9 @@ def create(
                     submitted = {i: pool.submit(store, *streams[i][:2]) for i in order}
                     futures = [submitted[i] for i in range(len(streams))]
                     try:
-                        step = "dumping the data"
+                        step = traced("dumping the data")
                         data_objects = [f.result() for f in futures]
-                        step = "dumping the post-data section"
+                        step = traced("dumping the post-data section")
                         post = post_future.result()
                     except BaseException:
                         stop.set()
@@ -320,7 +323,7 @@ def create(
                         raise
                 table_objects = {key: table for (key, _, table) in streams if table is not None}
                 if counter is not None:
-                    step = "counting rows"
+                    step = traced("counting rows")
                     counter.join()
                     if counter_errors:
                         raise counter_errors[0]
@@ -331,12 +334,12 @@ def create(
                 snap.rollback()
                 snap.close()
 
-            step = "checking the stored objects"
+            step = traced("checking the stored objects")
             repo_ready.wait()  # passed already: every object waited for it
             objects = [*data_objects, post]
             _check_stored(repo, lease, prefix, objects)
 
-            step = "writing the manifest"
+            step = traced("writing the manifest")
             manifest = BackupManifest(
                 id=backup_id,
                 environment=env.name,

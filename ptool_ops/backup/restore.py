@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from ptool_ops import pg, privileges
+from ptool_ops import pg, privileges, tracing
 from ptool_ops.audit import audited
 from ptool_ops.backup import restore_plan, swap, tools
 from ptool_ops.backup.listing import must_exist, resolve
@@ -141,7 +141,8 @@ def _step(steps: list[Step], name: str) -> Iterator[Step]:
     step = next(s for s in steps if s.name == name)
     started = time.monotonic()
     try:
-        yield step
+        with tracing.span(name):
+            yield step
     except BaseException as err:
         step.status = "failed"
         step.detail = err.message if isinstance(err, PtoolError) else type(err).__name__
@@ -227,7 +228,8 @@ def restore_into(
     try:
         with _step(steps, "restore-post-data"):  # reads and splits the post-data archive
             tasks, outcome, stop = _tasks(repo, manifest, tool, target_url, work, jobs, progress)
-        _run_schedule(tasks, steps, jobs, stop)
+        with tracing.span("schedule", tasks=len(tasks), jobs=jobs):
+            _run_schedule(tasks, steps, jobs, stop)  # restore-data, -post-data, validate
         return outcome.invariants(), outcome.mismatches()
     except BaseException:
         drop_database(url, target)

@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit, TyperException
 
+from ptool_ops import tracing
 from ptool_ops.cli import api as api_cli
 from ptool_ops.cli import audit as audit_cli
 from ptool_ops.cli import backup as backup_cli
@@ -44,6 +45,10 @@ class RootGroup(TyperGroup):
         return super().parse_args(ctx, hoist_global_options(args))
 
     def invoke(self, ctx: Any) -> Any:
+        with tracing.command(ctx):  # a span per command, when OpenTelemetry is configured
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except PtoolError as err:

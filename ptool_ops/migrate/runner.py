@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import psycopg
 from pydantic import SecretStr
 
-from ptool_ops import pg
+from ptool_ops import pg, tracing
 from ptool_ops.errors import (
     ConfigError,
     ManualActionRequired,
@@ -428,15 +428,23 @@ class Runner:
                         "no backup point: nothing was ever applied to this database"
                     )
                 else:
-                    result.backup_point = self._take_point(executor, f"up-{pending[-1].version}")
+                    with tracing.span("backup point"):
+                        result.backup_point = self._take_point(
+                            executor, f"up-{pending[-1].version}"
+                        )
                 baseline = executor.baseline()
                 for m in pending:
                     at = m
                     prior = baseline
                     try:
-                        done, baseline = executor.apply(
-                            m, up=True, baseline=baseline, run_id=run_id, point=result.backup_point
-                        )
+                        with tracing.span(f"migration {m.label}", direction="up"):
+                            done, baseline = executor.apply(
+                                m,
+                                up=True,
+                                baseline=baseline,
+                                run_id=run_id,
+                                point=result.backup_point,
+                            )
                         result.migrations.append(done)
                         if self.api_ready is not None:
                             problem = self.api_ready()
@@ -533,19 +541,21 @@ class Runner:
             self._precheck([s.migration.down for s in targets if s.migration is not None])
             at: MigrationFiles | None = None
             try:
-                result.backup_point = self._take_point(executor, f"down-{targets[-1].version}")
+                with tracing.span("backup point"):
+                    result.backup_point = self._take_point(executor, f"down-{targets[-1].version}")
                 baseline = executor.baseline()
                 for s in targets:
                     assert s.migration is not None
                     at = s.migration
                     try:
-                        done, baseline = executor.apply(
-                            s.migration,
-                            up=False,
-                            baseline=baseline,
-                            run_id=run_id,
-                            point=result.backup_point,
-                        )
+                        with tracing.span(f"migration {s.migration.label}", direction="down"):
+                            done, baseline = executor.apply(
+                                s.migration,
+                                up=False,
+                                baseline=baseline,
+                                run_id=run_id,
+                                point=result.backup_point,
+                            )
                     except PtoolError as err:
                         raise self._stopped(err, result, conn, s.migration) from None
                     result.migrations.append(done)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from ptool_ops import pg
+from ptool_ops import pg, tracing
 from ptool_ops.audit import audited
 from ptool_ops.errors import (
     ConfigError,
@@ -440,14 +440,18 @@ def _restore(
     from ptool_ops.local.cluster import _free_port
     from ptool_ops.pitr.compare import compare
 
-    the_plan = plan(repo, target)
+    with tracing.span("plan"):
+        the_plan = plan(repo, target)
     clocks: dict[str, float] = {}
-    with audited(
-        env,
-        "pitr.restore",
-        {"restore_id": restore_id, "plan": the_plan.to_dict(), "data_dir": str(root)},
-        done=lambda: f"the copy {restore_id} was restored to {target.describe()}",
-    ) as entry:
+    with (
+        audited(
+            env,
+            "pitr.restore",
+            {"restore_id": restore_id, "plan": the_plan.to_dict(), "data_dir": str(root)},
+            done=lambda: f"the copy {restore_id} was restored to {target.describe()}",
+        ) as entry,
+        tracing.steps("fetch") as traced,
+    ):
         started = time.monotonic()
         chain = the_plan.backups
         server = _server(root)
@@ -461,6 +465,7 @@ def _restore(
             progress=lambda phase, done, total: report(phase, f"{done}/{total}"),
         )
         clocks["fetch"] = round(time.monotonic() - started, 3)
+        traced("start")
         key_file = _key_file(env, root, server)
         server.share_with_server(root / "spool")  # the prefetcher runs as the server's user
         _share_archive(repo, server)
@@ -483,6 +488,7 @@ def _restore(
         url = _copy_url(env, port)
         _write_state(root, restore_id, env, the_plan, port, "recovering")
         report("starting", f"restored server on 127.0.0.1:{port}")
+        traced("replay")
         replay_clock = time.monotonic()
         server.start("", port, wait=False)
         try:
@@ -504,6 +510,7 @@ def _restore(
             state, reached = _watch(server, url, the_plan, timeout_s, report)
         clocks["replay"] = round(time.monotonic() - replay_clock, 3)
         report("checking", "booking invariants and the comparison with live")
+        traced("check")
         check_clock = time.monotonic()
         with pg.connect(url) as copy:
             invariants = run_invariants(copy).to_dict()

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
 
-from ptool_ops import privileges
+from ptool_ops import privileges, tracing
 from ptool_ops.errors import Conflict as Busy
 from ptool_ops.errors import OperationFailed, UsageError
 from ptool_ops.recover import plan as planning
@@ -115,6 +115,7 @@ def _tenant(live: Conn, copy: Conn, ident: str) -> tuple[str, str | None]:
     )
 
 
+@tracing.span("prepare")
 def _prepare(
     env: Environment, live: Conn, copy: Conn, tenant: str, tables: Sequence[str] | None
 ) -> tuple[str, str | None, list[schema.Table], dict[str, schema.Table]]:
@@ -128,6 +129,7 @@ def _prepare(
     return tenant_id, slug, chosen, known
 
 
+@tracing.span("plan")
 def _build(
     live: Conn,
     copy: Conn,
@@ -264,6 +266,7 @@ def _events(
     return written
 
 
+@tracing.span("write")
 def _write(
     live: Conn,
     copy: Conn,
@@ -399,7 +402,8 @@ def apply_tenant(
                 elapsed["write"] = round(time.monotonic() - clock, 3)
                 clock = time.monotonic()
                 say("invariants", "checking the booking invariants")
-                report = run_invariants(live, limit=50).to_dict()
+                with tracing.span("invariants"):
+                    report = run_invariants(live, limit=50).to_dict()
                 elapsed["invariants"] = round(time.monotonic() - clock, 3)
                 result.invariants = report
                 bad = _blocking(report, tenant_id)

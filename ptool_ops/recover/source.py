@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
-from ptool_ops import pg
+from ptool_ops import pg, tracing
 from ptool_ops.errors import ConfigError, OperationFailed, PtoolError, Refused, UsageError
 from ptool_ops.pitr.target import Target, parse_lsn
 
@@ -129,6 +129,7 @@ def _attach_copy(env: Environment, restore_id: str, as_of: Target | None) -> Sou
     return Source("pitr copy", restore_id, target, url, made=False, state=data.get("state"))
 
 
+@tracing.span("make the copy")
 def _make_copy(env: Environment, target: Target, say: Progress) -> Source:
     from ptool_ops.pitr import restore
 
@@ -207,6 +208,7 @@ def _attach_branch(env: Environment, branch_id: str, as_of: Target | None) -> So
     return Source("neon branch", branch_id, target, url, made=False)
 
 
+@tracing.span("make the branch")
 def _make_branch(env: Environment, target: Target, say: Progress) -> Source:
     from ptool_ops.pitr import neon
 
@@ -235,6 +237,7 @@ def _kept(err: PtoolError, source: Source) -> PtoolError:
     return err
 
 
+@tracing.span("remove the copy")
 def remove(env: Environment, source: Source, say: Progress) -> None:
     started = time.monotonic()
     say("cleanup", f"removing the {source.kind} {source.id}")

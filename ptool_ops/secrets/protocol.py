@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ptool_ops import tracing
 from ptool_ops.errors import ConfigError, ManualActionRequired, OperationFailed, PtoolError
 from ptool_ops.secrets.spec import ManagedSecret
 
@@ -139,7 +140,9 @@ def timed(report: RotationReport, name: str, progress: Progress) -> Iterator[Ste
     progress(name, "")
     start = time.monotonic()
     try:
-        yield step
+        with tracing.span(name) as traced:
+            yield step
+            traced.set(outcome=step.outcome)
     except BaseException:
         step.outcome = "failed"
         raise

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import SecretStr
 
+from ptool_ops import tracing
 from ptool_ops.errors import (
     ConfigError,
     ManualActionRequired,
@@ -258,48 +259,49 @@ def rotate(env: Environment, name: str, *, progress: Progress | None = None) -> 
 
 def _rotate(m: ManagedCredential) -> RotationReport:
     report = RotationReport(m.name, m.spec.kind, m.spec.store, "rotated")
-    m.require_privileges()
-    started = m.ensure_store()
-    if started:
-        report.notes.append(started)
-    current = m.current()
-    report.role_before = current.credential.username
-    if current.credential.username not in m.spec.roles:
-        raise Refused(
-            f"the store's current credential of {m.name} is for {current.credential.username},"
-            f" which is not one of the managed roles ({', '.join(m.spec.roles)}).",
-            hint="Fix the declaration or the store so they agree; nothing was changed.",
-        )
-    pending, report.recovered = _half_finished(m, current)
-    # a single role's current password stops working at 'set': a run killed after it
-    # is carried on by its pending version, which must log in instead
-    if (pending is None or m.alternating) and not m.logs_in(current.credential):
-        raise Refused(
-            f"the password the store calls current for {current.credential.username}"
-            f" ({m.store.name}, version {current.version.id}) does not log in: the store and"
-            " the database disagree; nothing was rotated.",
-            hint="Find the password the consumers use and put it in the store as current"
-            " (or set it on the role), then run the command again.",
-        )
-    if m.alternating:
-        target = next(r for r in m.spec.roles if r != current.credential.username)
-    else:
-        target = m.spec.roles[0]
-    report.role_after = target
-    if pending is not None:
-        token, new = pending.version.id, pending.credential
-    else:
-        token = str(uuid.uuid4())
-        new = current.credential.successor(target, new_password(m.spec.password_length), token)
-    report.token = token
-    m.env.mark_secret(new.password.get_secret_value())
-    if m.alternating:
-        busy = m.sessions(target)
-        if busy:
-            report.notes.append(
-                f"{target} had {len(busy)} session(s) when its password changed: they keep"
-                " working (a password is checked at login); new logins use the new one"
+    with tracing.span("checks"):
+        m.require_privileges()
+        started = m.ensure_store()
+        if started:
+            report.notes.append(started)
+        current = m.current()
+        report.role_before = current.credential.username
+        if current.credential.username not in m.spec.roles:
+            raise Refused(
+                f"the store's current credential of {m.name} is for {current.credential.username},"
+                f" which is not one of the managed roles ({', '.join(m.spec.roles)}).",
+                hint="Fix the declaration or the store so they agree; nothing was changed.",
             )
+        pending, report.recovered = _half_finished(m, current)
+        # a single role's current password stops working at 'set': a run killed after it
+        # is carried on by its pending version, which must log in instead
+        if (pending is None or m.alternating) and not m.logs_in(current.credential):
+            raise Refused(
+                f"the password the store calls current for {current.credential.username}"
+                f" ({m.store.name}, version {current.version.id}) does not log in: the store and"
+                " the database disagree; nothing was rotated.",
+                hint="Find the password the consumers use and put it in the store as current"
+                " (or set it on the role), then run the command again.",
+            )
+        if m.alternating:
+            target = next(r for r in m.spec.roles if r != current.credential.username)
+        else:
+            target = m.spec.roles[0]
+        report.role_after = target
+        if pending is not None:
+            token, new = pending.version.id, pending.credential
+        else:
+            token = str(uuid.uuid4())
+            new = current.credential.successor(target, new_password(m.spec.password_length), token)
+        report.token = token
+        m.env.mark_secret(new.password.get_secret_value())
+        if m.alternating:
+            busy = m.sessions(target)
+            if busy:
+                report.notes.append(
+                    f"{target} had {len(busy)} session(s) when its password changed: they keep"
+                    " working (a password is checked at login); new logins use the new one"
+                )
     try:
         with timed(report, "create", m.progress) as step:
             if pending is not None:
@@ -405,27 +407,28 @@ def _roll_back(
 ) -> None:
     """Undo a run that failed before ``finish``; always raises."""
     undone: list[str] = []
-    try:
-        reached = {s.name for s in report.steps}
-        if not m.alternating and "set" in reached:
-            m.set_password(
-                current.credential.username, current.credential.password.get_secret_value()
-            )
-            undone.append(f"{current.credential.username} has its old password again")
-        if "propagate" in reached:
-            m.point_consumers(current.credential, "roll back")
-            undone.append(f"consumers use {current.credential.username} again")
-        m.store.remove_label(PENDING, token)
-        undone.append(f"{PENDING} removed from {token}")
-    except PtoolError as second:
-        raise rollback_failed(
-            m.name,
-            report,
-            err,
-            second,
-            f"The credential {current.credential.username} in the store as {CURRENT} is still"
-            " valid: point the consumers at it",
-        ) from None
+    with tracing.span("roll back"):
+        try:
+            reached = {s.name for s in report.steps}
+            if not m.alternating and "set" in reached:
+                m.set_password(
+                    current.credential.username, current.credential.password.get_secret_value()
+                )
+                undone.append(f"{current.credential.username} has its old password again")
+            if "propagate" in reached:
+                m.point_consumers(current.credential, "roll back")
+                undone.append(f"consumers use {current.credential.username} again")
+            m.store.remove_label(PENDING, token)
+            undone.append(f"{PENDING} removed from {token}")
+        except PtoolError as second:
+            raise rollback_failed(
+                m.name,
+                report,
+                err,
+                second,
+                f"The credential {current.credential.username} in the store as {CURRENT} is still"
+                " valid: point the consumers at it",
+            ) from None
     raise rolled_back(m.name, report, err, undone) from None
 
 
