@@ -30,9 +30,12 @@ MASK = "***"
 
 # postgresql://user:secret@host, https://token@host is left alone (no user:password shape)
 _URI_PASSWORD = re.compile(r"(?P<pre>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s'\"]*:)[^@\s'\"]+(?P<at>@)")
-# libpq conninfo and environment assignments: password=secret, PGPASSWORD=secret
+# libpq conninfo and environment assignments: password=secret, PGPASSWORD=secret,
+# password: secret; token and secret only as assignments (token=..., SECRET=...): "token:"
+# and "secret:" begin ordinary sentences here ("secret.api-token: not rotated yet")
 _KEYWORD_PASSWORD = re.compile(
-    r"(?P<pre>\b(?:password|PGPASSWORD|passwd|token|secret)\s*[=:]\s*['\"]?)[^\s'\",;&]+",
+    r"(?P<pre>\b(?:(?:password|PGPASSWORD|passwd)\s*[=:]|(?:token|secret)\s*=)\s*['\"]?)"
+    r"[^\s'\",;&]+",
     re.IGNORECASE,
 )
 

@@ -196,6 +196,10 @@ def test_redactor_masks_urls_conninfo_and_known_values() -> None:
     assert "other-secret" not in masked
     assert "postgresql://user:***@host/db" in masked
     assert redactor.data({"a": [f"x {CANARY}"]}) == {"a": ["x ***"]}
+    assert redactor("password: hunter33 TOKEN=abc123def") == "password: *** TOKEN=***"
+    # "token:" and "secret:" start sentences: only a known value is masked after them
+    said = "secret.api-token: not rotated yet; secret: rotated"
+    assert redactor(said) == said
 
 
 def test_a_secret_reference_is_fetched_once_per_command(
