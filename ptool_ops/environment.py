@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import SecretStr
 
 from ptool_ops import privileges
-from ptool_ops.audit import AuditSink, Entry
+from ptool_ops.audit import Entry
 from ptool_ops.errors import ConfigError, ServiceUnavailable
 from ptool_ops.settings import EnvironmentSettings
 
 if TYPE_CHECKING:
     import psycopg
 
+    from ptool_ops.audit import Trail
     from ptool_ops.booking.api import BookingApi
     from ptool_ops.local.facts import LocalFacts
     from ptool_ops.platform.neon import NeonClient
@@ -78,10 +79,15 @@ class Environment:
         settings: EnvironmentSettings,
         *,
         on_secret: Callable[[str], None] | None = None,
+        redact: Callable[[Any], Any] | None = None,
+        invocation: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self._on_secret = on_secret or (lambda value: None)
-        self.audit_sink = AuditSink(settings.audit_dir, settings.name)
+        #: masks every secret known so far in a JSON-able value (the CLI's redactor)
+        self.redact = redact or (lambda value: value)
+        #: the command line acting on the environment (the CLI's), for the audit trail
+        self.invocation = invocation
         #: the database roles this environment handed logins for (names, for messages)
         self.login_users: list[str] = []
         #: secret references resolved so far: one fetch per reference per command
@@ -287,12 +293,62 @@ class Environment:
 
     # --- the audit trail -----------------------------------------------------------------
 
+    @cached_property
+    def audit_trail(self) -> Trail:
+        """The environment's audit trail: ``audit/<name>/`` of its repository (of
+        ``audit_dir`` when it has none), anchored in its database when it has one."""
+        from ptool_ops.audit import Trail
+        from ptool_ops.audit.anchor import Anchor
+
+        has_repo = self.settings.repo_url is not None or self.is_local
+        legacy = self.settings.audit_dir / f"{self.name}.jsonl"
+        trail: Trail
+
+        def storage() -> Any:
+            if has_repo:
+                return self.repository().storage
+            from ptool_ops.repo.file import FileStorage
+
+            return FileStorage(self.settings.audit_dir.resolve())
+
+        def prepare() -> None:
+            from ptool_ops.audit.legacy import import_file
+
+            if has_repo:
+                self.repository().ensure_initialised()
+            import_file(trail, legacy)
+
+        trail = Trail(
+            self.name,
+            storage=storage,
+            prefix=f"audit/{self.name}" if has_repo else self.name,
+            prepare=prepare,
+            anchor=Anchor(self.name, self._anchor_login),
+            redact=self.redact,
+            invocation=self.invocation,
+        )
+        return trail
+
+    def _anchor_login(self) -> Login | None:
+        """The first login configured of the operator's, the migrator's and the backup
+        role's (each may INSERT into the anchor table); None when there is none. A login
+        that is configured but cannot be had now (the local server is down, a secret
+        cannot be fetched) raises, so the warning says why."""
+        if self.local is not None:
+            return self._login(privileges.OPERATOR)
+        for role in (privileges.OPERATOR, privileges.MIGRATOR, privileges.BACKUP):
+            try:
+                return self._login(role)
+            except ConfigError:  # this one is not configured
+                continue
+        return None
+
     @contextmanager
     def audit(self, action: str, details: dict[str, Any] | None = None) -> Iterator[Entry]:
-        """Record ``action`` in the environment's audit trail when the block ends."""
+        """Record ``action`` in the environment's audit trail (started, then ok/failed)."""
         from ptool_ops import audit
 
-        with audit.record(self.audit_sink, action, details) as entry:
+        with audit.record(self.audit_trail, action, details) as entry:
             yield entry
 
     @property

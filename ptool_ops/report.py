@@ -206,19 +206,40 @@ def _secrets(env: Environment) -> Section:
 def _audit(env: Environment) -> Section:
     from ptool_ops import audit
 
-    result = audit.verify(env.audit_sink.path)
-    records = audit.read(env.audit_sink.path) if result.ok else []
+    trail = env.audit_trail
+    result = audit.verify(trail)
+    anchored = (
+        f" Anchored in the database up to event {result.anchored} ({_e(result.anchored_at)})."
+        if result.anchored is not None
+        else f" Not anchored: {_e(result.unanchored)}"
+        if result.unanchored
+        else ""
+    )
     state = (
-        f'<p class="ok">{result.records} records, hash chain intact.</p>'
+        f'<p class="ok">{result.events} events, hash chain intact.{anchored}</p>'
         if result.ok
-        else f'<p class="bad">chain broken at line {result.first_bad_line}: {_e(result.reason)}</p>'
+        else f'<p class="bad">chain broken at event {result.first_bad}: {_e(result.reason)}</p>'
     )
-    recent = _table(
-        ["at", "actor", "action", "outcome"],
-        [[r["at"], r["actor"], r["action"], r["outcome"]] for r in records[-15:]],
+    recent = []
+    for event in trail.events(newest_first=True):
+        recent.append(event)
+        if len(recent) == 15:
+            break
+    table = _table(
+        ["seq", "at", "actor", "action", "outcome"],
+        [
+            [
+                str(r.get("seq")),
+                r.get("at", ""),
+                r.get("actor", ""),
+                r.get("action", "?"),
+                r.get("outcome", r.get("unreadable", "?")),
+            ]
+            for r in recent
+        ],
     )
-    problems = [] if result.ok else [f"audit chain broken at line {result.first_bad_line}"]
-    return Section("audit", "Audit trail", state + recent, problems)
+    problems = [] if result.ok else [f"audit chain broken at event {result.first_bad}"]
+    return Section("audit", "Audit trail", state + table, problems)
 
 
 def build(env: Environment, *, now: datetime | None = None) -> tuple[str, list[Section]]:

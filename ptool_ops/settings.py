@@ -102,7 +102,10 @@ class EnvironmentSettings(BaseSettings):
         default=Path(".ptool/local"), description="Where the local environment keeps its data."
     )
     audit_dir: Path = Field(
-        default=Path(".ptool/audit"), description="Where the audit trail (<env>.jsonl) is kept."
+        default=Path(".ptool/audit"),
+        description="The audit trail of an environment without a backup repository"
+        " (<audit_dir>/<env>/); an older per-machine trail (<env>.jsonl) here is imported"
+        " into the environment's trail by its next command.",
     )
     local_port: int | None = Field(
         default=None,

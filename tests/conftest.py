@@ -281,6 +281,39 @@ class Cli:
         _seen_output.append(out.output)
         return out
 
+    def audit_events(self, env: str | None = None, *, finished: bool = True) -> list[Any]:
+        """The environment's audit trail as ``audit log`` reads it (oldest first); by
+        default only the finished events (ok / failed), one per operation."""
+        argv = ["audit", "log", "--last", "1000000", "-o", "json"]
+        result = self(*(["--env", env] if env else []), *argv)
+        assert result.exit_code == 0, result.output
+        events = result.json()
+        return [e for e in events if e["outcome"] != "started"] if finished else events
+
+
+def trail_events(env: Any, *, finished: bool = True) -> list[Any]:
+    """An :class:`~ptool_ops.environment.Environment`'s audit events (oldest first)."""
+    events = list(env.audit_trail.events())
+    return [e for e in events if e["outcome"] != "started"] if finished else events
+
+
+def block_audit_event(trail: Path, seq: int) -> Path:
+    """Event ``seq`` of the trail stored in directory ``trail`` cannot be written: a
+    directory holds its name (root ignores file modes, so this is how a test makes a write
+    fail); every earlier block there is lifted."""
+    for old in trail.glob("*.json"):
+        if old.is_dir():
+            old.rmdir()
+    path = trail / f"{seq:010d}.json"
+    path.mkdir(parents=True)
+    return path
+
+
+def block_next_finish(trail: Path) -> Path:
+    """The next command's ``started`` event is stored, its ``ok``/``failed`` one is not."""
+    stored = [p for p in trail.glob("*.json") if p.is_file() and p.name != "head.json"]
+    return block_audit_event(trail, len(stored) + 2)
+
 
 _seen_output: list[str] = []
 

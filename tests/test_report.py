@@ -74,8 +74,8 @@ def test_the_report_renders_every_section(cli: Cli, local: LocalEnvironment) -> 
     assert "hash chain intact" in dom and re.search(r"<svg[^>]*>.*<rect", dom, re.DOTALL)
 
     # one byte of the audit trail changed: the page says so, and the command exits 1
-    trail = cli.cwd / ".ptool" / "audit" / "local.jsonl"
-    trail.write_text(trail.read_text().replace('"ok"', '"OK"', 1))
+    event = local.paths.root / "repo" / "audit" / "local" / "0000000002.json"
+    event.write_text(event.read_text().replace('"ok"', '"OK"', 1))
     broken = cli(f"report --html {page}")
     assert broken.exit_code == 1 and "audit chain broken" in broken.output
-    assert "chain broken at line 1" in dump_dom(page, cli.cwd / "chromium")
+    assert "chain broken at event 2" in dump_dom(page, cli.cwd / "chromium")

@@ -28,6 +28,9 @@ class AppContext:
     overrides: dict[str, Any] = field(default_factory=dict)
     _settings: EnvironmentSettings | None = None
     _env: Environment | None = None
+    #: the context of the command being run (the last to ask for this object), whose path
+    #: and arguments the audit trail records
+    command: typer.Context | None = None
 
     @property
     def settings(self) -> EnvironmentSettings:
@@ -51,7 +54,12 @@ class AppContext:
         if self._env is None:
             from ptool_ops.environment import Environment
 
-            self._env = Environment(self.settings, on_secret=self.redactor.add)
+            self._env = Environment(
+                self.settings,
+                on_secret=self.redactor.add,
+                redact=self.redactor.data,
+                invocation=invocation(self.command),
+            )
         return self._env
 
     def other_env(self, name: str) -> Environment:
@@ -62,7 +70,12 @@ class AppContext:
 
         settings = load_environment(name)
         self.redactor.add(*settings.secret_values())
-        return Environment(settings, on_secret=self.redactor.add)
+        return Environment(
+            settings,
+            on_secret=self.redactor.add,
+            redact=self.redactor.data,
+            invocation=invocation(self.command),
+        )
 
     def fail(self, err: PtoolError) -> NoReturn:
         """End a command whose result was already shown: its sentence for people, its code.
@@ -87,7 +100,40 @@ class AppContext:
             raise Refused(f"{action}: not confirmed, nothing was changed.")
 
 
+#: option names whose values are never recorded, whatever the redactor knows
+_SECRET_WORDS = ("password", "token", "secret")
+
+
+def invocation(ctx: typer.Context | None) -> dict[str, Any] | None:
+    """The command being run, for the audit trail: its path (``ptool-ops backup create``)
+    and its parsed arguments; values of options named like secrets are masked (the
+    redactor masks every secret value it knows when the event is written)."""
+    from ptool_ops.console import MASK, to_jsonable
+
+    if ctx is None:
+        return None
+    arguments: dict[str, Any] = {}
+    for name, value in ctx.params.items():
+        if value is None:
+            continue
+        if any(word in name for word in _SECRET_WORDS) and isinstance(value, str):
+            value = MASK
+        arguments[name] = to_jsonable(value)
+    root = ctx.find_root()
+    for flag in ("yes", "dry_run"):
+        if root.params.get(flag):
+            arguments[flag] = True
+    # the program's own name, however it was started (python -m ptool_ops, a test runner)
+    words = []
+    node: Any = ctx
+    while node is not None and node is not root:
+        words.append(node.info_name or "")
+        node = node.parent
+    return {"command": " ".join(["ptool-ops", *reversed(words)]), "arguments": arguments}
+
+
 def get(ctx: typer.Context) -> AppContext:
     obj = ctx.find_root().obj
     assert isinstance(obj, AppContext)
+    obj.command = ctx
     return obj

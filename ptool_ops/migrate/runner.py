@@ -30,6 +30,7 @@ import psycopg
 from pydantic import SecretStr
 
 from ptool_ops import pg, tracing
+from ptool_ops.audit.anchor import ensure_table as ensure_anchor_table
 from ptool_ops.errors import (
     ConfigError,
     ManualActionRequired,
@@ -136,8 +137,12 @@ class Runner:
         log: Callable[[str], None] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         gate: Gate | None = None,
+        anchor_table: bool = True,
     ) -> None:
         self.url = url
+        #: make the audit trail's anchor table once 0001 gave the schema owner ptool_ops
+        #: (``migrate test`` does not: its down of 0001 must leave the roles droppable)
+        self.anchor_table = anchor_table
         self.gate = gate
         self.on_event = on_event
         self.directory = directory
@@ -408,6 +413,8 @@ class Runner:
             self._refuse_unexpected("up", expect, [m.version for m in pending])
             if not pending:
                 result.notes.append("nothing to apply: the database is up to date")
+                if self.anchor_table:
+                    ensure_anchor_table(conn)
                 return result
             lint = self.lint(pending)
             result.lint = lint.to_dict()
@@ -454,6 +461,9 @@ class Runner:
                                 )
                     except PtoolError as err:
                         raise self._stopped(err, result, conn, m) from None
+                if self.anchor_table:
+                    executor.become_owner()  # a migration may have run as the login
+                    ensure_anchor_table(conn)
             except (SessionLost, psycopg.OperationalError) as err:
                 if not conn.broken and isinstance(err, psycopg.OperationalError):
                     raise

@@ -106,19 +106,19 @@ def runner_for(
     options = options_for(env, invariants=invariants)
 
     def started(action: str, details: dict[str, Any]) -> None:
-        """The audit record ``started``, before a no-transaction migration's history row and
+        """The audit event ``started``, before a no-transaction migration's history row and
         first statement: if it cannot be written, nothing of the migration has run."""
-        from ptool_ops import audit
+        from ptool_ops.audit import AuditWriteFailed
 
-        path = env.audit_sink.path
         try:
-            audit.append(path, action, "started", details, env.name)
-        except OSError as err:
+            env.audit_trail.append(action, "started", details)
+        except AuditWriteFailed as err:
             raise OperationFailed(
-                f"the audit record of starting {details['version']}_{details['name']}"
-                f" ({action}) could not be written to {path}"
-                f" ({err.strerror or type(err).__name__}); nothing of it was run.",
-                hint="Fix the audit directory (disk space, permissions) and run the command again.",
+                f"the audit event of starting {details['version']}_{details['name']}"
+                f" ({action}) could not be written to {err.location} ({err.reason});"
+                " nothing of it was run.",
+                hint="Fix the repository (credentials, space, permissions) and run the"
+                " command again.",
             ) from None
 
     return Runner(

@@ -4,6 +4,7 @@ and how the last rotation ended (from the audit trail)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from ptool_ops.errors import PtoolError
 from ptool_ops.secrets.spec import APPLICATION_KINDS
 from ptool_ops.secrets.store import CURRENT, PENDING, PREVIOUS
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from ptool_ops.environment import Environment
@@ -156,15 +159,20 @@ def _pending_and_last(entry: SecretStatus, versions: list[Any], current_id: str)
 
 
 def _history(env: Environment) -> dict[str, dict[str, Any]]:
-    from ptool_ops import audit
-
+    """The newest finished rotation, rollback or revocation of each secret (the audit
+    trail's; a trail that cannot be read leaves the secrets' state to the store)."""
     newest: dict[str, dict[str, Any]] = {}
-    for record in audit.read(env.audit_sink.path):
-        if record.get("action") not in ACTIONS:
+    try:
+        records = list(env.audit_trail.events(newest_first=True))
+    except PtoolError as err:
+        log.warning("the audit trail could not be read for the last changes: %s", err.message)
+        return newest
+    for record in records:
+        if record.get("action") not in ACTIONS or record.get("outcome") == "started":
             continue
         details = record.get("details") or {}
         name = details.get("secret")
-        if isinstance(name, str):
+        if isinstance(name, str) and name not in newest:
             newest[name] = {
                 "action": record["action"],
                 "at": record.get("at"),

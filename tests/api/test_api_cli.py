@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import time
 
-from ..conftest import CANARY, OWNER, Cli
+from ..conftest import CANARY, OWNER, Cli, block_next_finish
 from .conftest import Standin
 
 
@@ -115,7 +115,7 @@ def test_maintenance_commands_and_status(cli: Cli, standin: Standin) -> None:
     assert any("503" in s["detail"] for s in smoke.json()["steps"] if not s["ok"])
     assert cli("--env staging api maintenance off").exit_code == 0
     assert cli("--env staging api smoke --write").exit_code == 0
-    audit = cli("--env staging audit show -o json").json()
+    audit = cli.audit_events("staging")
     assert [r["action"] for r in audit] == ["api.maintenance.on", "api.maintenance.off"]
 
 
@@ -165,18 +165,19 @@ def test_api_ready_needs_no_ops_token(cli: Cli, standin: Standin) -> None:
 
 def test_maintenance_switched_but_not_recorded_is_exit_9(cli: Cli, standin: Standin) -> None:
     _env_for(cli, standin)
-    audit = cli.cwd / ".ptool" / "audit" / "staging.jsonl"
-    audit.mkdir(parents=True)  # appending to it fails
+    trail = cli.cwd / ".ptool" / "audit" / "staging"  # no repository: the trail is here
+    block_next_finish(trail)  # "started" is stored; the "ok" after the switch is not
     on = cli("--env staging api maintenance on --reason 'migration 0007' -o json")
     assert on.exit_code == 9, on.output
     error = on.json()
     assert error["error"] == "audit_not_recorded"
     assert error["message"] == (
         "maintenance mode was switched on in 'staging', but its audit record could not be"
-        f" written to {audit} (Is a directory)."
+        f" written to file://{trail}/ (Is a directory)."
     )
     assert "Traceback" not in on.output
     assert cli("--env staging api maintenance status -o json").json()["enabled"] is True
+    block_next_finish(trail)
     off = cli("--env staging api maintenance off")
     assert off.exit_code == 9, off.output
     assert "maintenance mode was switched off in 'staging', but" in off.stderr

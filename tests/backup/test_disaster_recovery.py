@@ -3,7 +3,6 @@ another environment's server -- ``backup restore ID --from-env SOURCE`` run in t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import psycopg
@@ -46,9 +45,7 @@ def test_prod_backup_restores_into_the_dr_server(cli: Cli, source: LocalEnvironm
     with psycopg.connect(owner) as live, psycopg.connect(owner, dbname="booking_dr") as copy:
         query = "SELECT count(*), md5(string_agg(id::text, ',' ORDER BY id)) FROM booking.bookings"
         assert live.execute(query).fetchone() == copy.execute(query).fetchone()
-    trail = [
-        json.loads(line) for line in (cli.cwd / ".ptool/audit/dr.jsonl").read_text().splitlines()
-    ]
+    trail = cli.audit_events("dr")
     restored = [r for r in trail if r["action"] == "backup.restore" and r["outcome"] == "ok"]
     assert restored and restored[-1]["details"]["source_environment"] == "local"
     with psycopg.connect(owner, autocommit=True) as conn:

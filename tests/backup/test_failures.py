@@ -3,6 +3,7 @@ and the plan a dry run prints, and an in-place restore that keeps the way back."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import psycopg
@@ -167,20 +168,23 @@ def _dump_sessions(env: Env) -> int:
 
 
 def test_a_missing_bucket_fails_the_preflight_and_stores_nothing(s3_env: Env) -> None:
-    # the dump starts while the repository is checked; nothing may reach the store
+    # the audit trail's "started" event is the first write: the missing bucket refuses it,
+    # with the bucket's own exit code and sentence, before any dump starts
     s3_env.configure(repo_url="s3://no-such-bucket-ptool/x")
     result = s3_env.run("backup create")
     assert result.exit_code == 3, result.output
-    assert "failed while preflight" in result.stderr
-    assert "NoSuchBucket" in result.stderr
+    assert "the audit trail at s3://no-such-bucket-ptool/x/audit/t/ could not be written" in (
+        result.stderr
+    )
+    assert "NoSuchBucket" in result.stderr and "nothing was done" in result.stderr
     assert _dump_sessions(s3_env) == 0
 
 
 def test_a_backup_that_cannot_reach_the_database_leaves_a_new_repository_untouched(
     file_env: Env, tmp_path: Path
 ) -> None:
-    # the repository check runs beside the database preflight; the marker of a new
-    # repository is written only when the first object is about to be stored
+    # the attempt is on record in the environment's audit trail (the repository's first
+    # objects), but no backup and no partial upload is left
     fresh = tmp_path / "fresh"
     file_env.configure(
         database_url="postgresql://nobody:secret@127.0.0.1:1/db", repo_url=f"file://{fresh}"
@@ -188,7 +192,11 @@ def test_a_backup_that_cannot_reach_the_database_leaves_a_new_repository_untouch
     result = file_env.run("backup create")
     assert result.exit_code == 4, result.output
     assert "cannot connect" in result.stderr and "secret" not in result.output
-    assert not fresh.exists() or list(fresh.iterdir()) == []
+    assert sorted(p.name for p in fresh.iterdir()) == [".ptool-guard", "audit", "ptool-repo.json"]
+    (attempt,) = file_env.cli.audit_events("t")
+    assert attempt["action"] == "backup.create" and attempt["outcome"] == "failed"
+    assert "cannot connect" in attempt["details"]["error"]
+    assert "secret" not in json.dumps(attempt)
     file_env.configure(repo_url=f"file://{fresh}")
     assert file_env.run("backup create").exit_code == 0
     assert (fresh / "ptool-repo.json").is_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from ptool_ops.booking.seed import seed
 from ptool_ops.migrate.run_lock import run_lock
 from tests.api.conftest import Standin
 from tests.backup.conftest import Env, table_checksums
-from tests.conftest import MIGRATOR, OWNER, admin_url
+from tests.conftest import MIGRATOR, OWNER, admin_url, block_next_finish
 
 
 def _create(env: Env) -> str:
@@ -212,9 +213,8 @@ def test_a_leftover_of_a_killed_restore_is_dropped_and_anything_else_refused(
 
 def test_an_audit_record_that_cannot_be_written_after_a_restore(file_env: Env) -> None:
     backup_id = _create(file_env)
-    audit = file_env.cli.cwd / ".ptool" / "audit" / "t.jsonl"
-    audit.unlink()
-    audit.mkdir()  # appending to it fails
+    trail = Path(file_env.repo_url.removeprefix("file://")) / "audit" / "t"
+    block_next_finish(trail)  # the restore's "started" is stored, its "ok" is not
     target = f"{file_env.db.name}_audited"
     result = file_env.run(f"backup restore {backup_id} --target-db {target} -o json")
     assert result.exit_code == 9, result.output
@@ -222,7 +222,7 @@ def test_an_audit_record_that_cannot_be_written_after_a_restore(file_env: Env) -
     assert error["error"] == "audit_not_recorded"
     assert error["message"] == (
         f"backup {backup_id} was restored into {target}, but its audit record could not be "
-        f"written to {audit} (Is a directory)."
+        f"written to file://{trail}/ (Is a directory)."
     )
     assert "The operation itself succeeded" in error["hint"]
     assert "Traceback" not in result.output

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
-from tests.conftest import MIGRATOR, OWNER, Cli, TestDatabase
+from tests.conftest import (
+    MIGRATOR,
+    OWNER,
+    Cli,
+    TestDatabase,
+    block_audit_event,
+    block_next_finish,
+)
 from tests.migrate.runner_support import add_migration, invalid_indexes, migrations_copy, state
 
 ADD_NOTE = "ALTER TABLE booking.tenants ADD COLUMN note text;\n"
@@ -61,8 +67,7 @@ def test_status_plan_up_down_verify(cli: Cli, booking_db: TestDatabase, tmp_path
     assert down.exit_code == 0, down.output
     assert [m["outcome"] for m in down.json()["migrations"]] == ["reverted"]
 
-    log = (cli.cwd / ".ptool" / "audit" / "t.jsonl").read_text().splitlines()
-    actions = [json.loads(line)["action"] for line in log]
+    actions = [e["action"] for e in cli.audit_events("t")]
     assert actions.count("migrate.up") == 1 and actions.count("migrate.down") == 1
 
 
@@ -185,10 +190,8 @@ def test_to_is_checked_and_all_reverts_everything(
     assert both.exit_code == 2 and "exclude each other" in both.stderr
 
 
-def _unwritable_audit_log(cli: Cli) -> Path:
-    audit = cli.cwd / ".ptool" / "audit" / "t.jsonl"
-    audit.mkdir(parents=True)  # appending to it fails
-    return audit
+def _trail(tmp_path: Path) -> Path:
+    return tmp_path / "repo" / "audit" / "t"
 
 
 def test_an_audit_record_that_cannot_be_written_after_a_successful_run(
@@ -197,8 +200,11 @@ def test_an_audit_record_that_cannot_be_written_after_a_successful_run(
     directory = migrations_copy(tmp_path)
     add_migration(directory, "0006", "tenant_note", ADD_NOTE, DROP_NOTE)
     configure(cli, booking_db, directory, tmp_path)
-    audit = _unwritable_audit_log(cli)
-    not_written = f", but its audit record could not be written to {audit} (Is a directory)."
+    trail = _trail(tmp_path)
+    block_next_finish(trail)
+    not_written = (
+        f", but its audit record could not be written to file://{trail}/ (Is a directory)."
+    )
 
     up = cli("migrate up -e t --no-backup-point -o json")
     assert up.exit_code == 9, up.output
@@ -212,6 +218,7 @@ def test_an_audit_record_that_cannot_be_written_after_a_successful_run(
     assert "Traceback" not in up.output
     assert cli("migrate status -e t -o json").json()["counts"]["pending"] == 0  # it stays
 
+    block_next_finish(trail)
     down = cli("migrate down -e t --yes --no-backup-point")
     assert down.exit_code == 9, down.output
     first = next(line for line in down.stderr.splitlines() if line.startswith("error:"))
@@ -222,6 +229,7 @@ def test_an_audit_record_that_cannot_be_written_after_a_successful_run(
     assert "Traceback" not in down.output
     assert cli("migrate status -e t -o json").json()["counts"]["pending"] == 1
 
+    block_next_finish(trail)
     repair = cli("migrate repair 0003 --accept --reason 'checked by hand' -e t -o json")
     assert repair.exit_code == 9, repair.output
     assert repair.json()["message"] == (
@@ -237,19 +245,21 @@ def test_an_unwritable_audit_log_stops_a_no_transaction_migration_before_it_star
     directory = migrations_copy(tmp_path)
     add_migration(directory, "0006", "tenant_note", NO_TX + ADD_NOTE, NO_TX + DROP_NOTE)
     configure(cli, booking_db, directory, tmp_path)
-    audit = _unwritable_audit_log(cli)
+    trail = _trail(tmp_path)
+    # the command's own "started" (event 1) is stored; the migration's (event 2) is not
+    blocked = block_audit_event(trail, 2)
     with booking_db.connect() as conn:
         before = state(conn)
     up = cli("migrate up -e t --no-backup-point -o json")
     assert up.exit_code == 8, up.output
     assert up.json()["message"].startswith(
-        f"the audit record of starting 0006_tenant_note (migrate.up) could not be written to"
-        f" {audit} (Is a directory); nothing of it was run"
+        f"the audit event of starting 0006_tenant_note (migrate.up) could not be written to"
+        f" file://{trail}/ (Is a directory); nothing of it was run"
     )
     assert "Traceback" not in up.output
     with booking_db.connect() as conn:
         assert state(conn) == before  # no 'running' row, no column
-    audit.rmdir()
+    blocked.rmdir()
     status = cli("migrate status -e t -o json")
     assert status.exit_code == 0, status.output  # pending, not interrupted
     assert status.json()["counts"]["pending"] == 1

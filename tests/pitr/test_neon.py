@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from ptool_ops import audit
 from ptool_ops.errors import (
     DatabaseUnavailable,
     ManualActionRequired,
@@ -25,7 +24,7 @@ from ptool_ops.errors import (
 from ptool_ops.local.env import LocalEnvironment
 from ptool_ops.pitr import neon as pitr_neon
 from ptool_ops.pitr.target import Target
-from tests.conftest import OWNER, TEMPLATE, TestDatabase, _clone
+from tests.conftest import OWNER, TEMPLATE, TestDatabase, _clone, trail_events
 from tests.iac.fakes import FakeNeon, serve
 from tests.pitr.neon_support import StandInApi, make_project, neon_env
 
@@ -135,7 +134,7 @@ def test_targets_outside_the_window_are_refused_before_anything_is_made(
     with pytest.raises(UsageError, match="instant restore is off"):
         pitr_neon.inspect(off, at(now - timedelta(minutes=5)))
     assert posts(neon)[before:] == []  # no branch, no restore
-    assert not env.audit_sink.path.exists()
+    assert trail_events(env, finished=False) == []
 
 
 def test_inspect_branches_at_the_target_and_compares_with_live(
@@ -234,7 +233,7 @@ def test_apply_restores_in_place_keeping_the_present_as_a_branch(
     )
     assert ("restore", heard[1][1]) == heard[1] and "kept as main-before-pitr-" in heard[1][1]
     assert result.return_command in result.describe()
-    (record,) = audit.read(env.audit_sink.path)
+    (record,) = trail_events(env)
     assert record["action"] == "pitr.apply" and record["outcome"] == "ok"
     assert record["details"]["preserved_branch_id"] == kept["id"]
 
@@ -286,7 +285,7 @@ def test_an_api_not_ready_after_the_restore_is_restored_back(
     assert back["branch_id"] == project[1] and back["source_branch_id"] == kept
     assert "source_timestamp" not in back and "source_lsn" not in back  # the kept head
     assert back["preserve_under_name"].startswith("main-pitr-undone-")
-    (record,) = audit.read(env.audit_sink.path)
+    (record,) = trail_events(env)
     assert record["outcome"] == "failed" and "restored back" in record["details"]["error"]
 
 

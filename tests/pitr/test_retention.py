@@ -176,9 +176,7 @@ def _tree(root: Path) -> set[str]:
 
 
 def _audit(cli: Cli, action: str) -> list[dict[str, Any]]:
-    path = cli.cwd / ".ptool" / "audit" / "local.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["action"] == action]
+    return [r for r in cli.audit_events() if r["action"] == action]
 
 
 def test_prune_refuses_while_a_base_backup_runs(

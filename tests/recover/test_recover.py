@@ -24,10 +24,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from ptool_ops import audit, pg, privileges
+from ptool_ops import pg, privileges
 from ptool_ops.booking.invariants import run_invariants
 from ptool_ops.pitr.target import Target
-from tests.conftest import Cli
+from tests.conftest import Cli, trail_events
 from tests.iac.fakes import FakeNeon, serve
 from tests.pitr.conftest import PitrEnv
 from tests.pitr.neon_support import make_project, neon_env
@@ -276,8 +276,7 @@ def test_skip_conflicts_brings_back_the_rest_as_they_were(
         assert payload["source"] == f"pitr copy {scene.state['clone']}"
         assert payload["state"]["status"] in ("tentative", "confirmed", "cancelled")
     _untouched(pitr_env, scene)
-    trail = run.cwd / ".ptool" / "audit" / "local.jsonl"
-    records = [r for r in audit.read(trail) if r["action"] == "recover.tenant"]
+    records = [r for r in run.audit_events() if r["action"] == "recover.tenant"]
     assert records[-1]["outcome"] == "ok"
     assert records[-1]["details"]["plan_digest"] == data["plan"]["digest"]
 
@@ -365,12 +364,13 @@ def test_a_protected_environment_asks_and_a_stale_plan_is_refused(
         name="local", kind="local", local_dir=pitr_env.local, audit_dir=tmp_path
     )
     env = Environment(settings)
+    before = trail_events(env)
     with (
         recover.opened(env, as_of=None, from_id=clone) as source,
         pytest.raises(OperationFailed, match="live changed since the plan"),
     ):
         recover.apply_tenant(env, source, scene.tenant, expect_digest="0" * 64)
-    assert not (tmp_path / "local.jsonl").exists()  # nothing was done: nothing recorded
+    assert trail_events(env) == before  # nothing was done: nothing recorded
 
 
 def test_a_parent_gone_and_a_unique_key_taken_are_conflicts_with_both_rows(
@@ -492,7 +492,7 @@ def test_the_same_flow_on_neon_through_a_branch_at_the_point(
             assert {k: v for k, v in checksums(conn).items() if k != tenant} == others
             assert run_invariants(conn).ok
         assert all(now[i] == gone[i] for i in gone if i != victim)
-        (record,) = audit.read(env.audit_sink.path)
+        (record,) = trail_events(env)
         assert record["action"] == "recover.tenant" and record["outcome"] == "ok"
 
         # the kept branch, given with --from: the second plan writes nothing

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -168,7 +167,7 @@ def test_a_failed_deployment_rolls_back_railway_and_the_labels(
     )
     assert f"//{current['username']}:" in variables["DATABASE_URL"], "re-pointed at current"
     assert railway.count("serviceInstanceRedeploy") == 2
-    audit = "".join(p.read_text() for p in Path(cli.cwd / "audit").glob("*.jsonl"))
+    audit = json.dumps(cli.audit_events("staging"))
     assert '"secrets.rotate"' in audit and '"failed"' in audit
 
 

@@ -229,7 +229,7 @@ def test_audit_trail_and_logs_hold_no_secret(rot_env: RotationEnv, cli: Cli) -> 
     rot_env.canaries()
     from tests import conftest
 
-    trail = "".join(p.read_text() for p in cli.cwd.glob(".ptool/audit/*.jsonl"))
+    trail = json.dumps(cli.audit_events(finished=False))
     assert '"secrets.rotate"' in trail
     logs = trail + (rot_env.env.paths.log_dir / "api.log").read_text()
     leaked = [c for c in conftest._canaries if c in logs]
