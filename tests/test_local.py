@@ -53,7 +53,7 @@ def test_up_seed_status_down_up_keeps_data(cli: Cli) -> None:
     assert cli("pitr base-backup").exit_code == 0
     assert cli("drill run").exit_code == 0
     prom = cli.cwd / "metrics.prom"
-    status = cli(f"status -o json --prometheus {prom}")
+    status = cli(f"status --invariants -o json --prometheus {prom}")
     assert status.exit_code == 0, status.output
     assert 'ptool_status_ok{environment="local"} 1' in prom.read_text()
     assert 'ptool_bookings{environment="local",status="confirmed"}' in prom.read_text()

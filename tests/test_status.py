@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from ptool_ops import privileges
+from ptool_ops.booking.invariants import CATALOG_CHECKS
 from ptool_ops.local import api as local_api
 from ptool_ops.local.env import LocalEnvironment
 from tests.conftest import Cli, add_canaries
@@ -113,3 +114,20 @@ def test_healthy_then_each_fault_is_named(cli: Cli, local: LocalEnvironment) -> 
         manifest.write_bytes(kept)
     code, problems, _ = status(cli, prom)
     assert (code, problems) == (0, [])
+
+    # a violation only a check that reads every row finds: a gap in an event stream (events
+    # are append-only, so it stays; only --invariants reads it)
+    with owner(local) as conn:
+        conn.execute(
+            "INSERT INTO booking.events (tenant_id, stream_id, version, type, payload)"
+            " SELECT tenant_id, stream_id, max(version) + 5, 'booking.noted', '{}'"
+            " FROM booking.events GROUP BY tenant_id, stream_id LIMIT 1"
+        )
+    quick = cli("status -o json")
+    assert quick.exit_code == 0 and quick.json()["invariants"]["scope"] == "catalog"
+    assert {c["name"] for c in quick.json()["invariants"]["checks"]} == set(CATALOG_CHECKS)
+    full = cli("status --invariants -o json")
+    assert full.exit_code == 1 and full.json()["invariants"]["scope"] == "all"
+    assert any("invariant violation" in p for p in full.json()["problems"])
+    (gap,) = [c for c in full.json()["invariants"]["checks"] if c["total"]]
+    assert gap["name"] == "event_streams_contiguous"

@@ -485,6 +485,10 @@ CHECKS: tuple[_Check, ...] = (
 )
 
 
+#: the checks that read only the catalog (fast on any size): ``status`` runs them by default
+CATALOG_CHECKS: tuple[str, ...] = tuple(check.name for check in CHECKS if not check.requires)
+
+
 def run_invariants(
     conn: psycopg.Connection[Any],
     *,

@@ -17,10 +17,11 @@ if TYPE_CHECKING:
 
 def status(
     ctx: typer.Context,
-    invariants: bool = typer.Option(
-        True,
+    invariants: bool | None = typer.Option(
+        None,
         "--invariants/--no-invariants",
-        help="Run the booking invariants (they read every row; off for a quick screen).",
+        help="--invariants: every booking invariant (they read every row: seconds on a big"
+        " database); by default only those that read the catalog; --no-invariants: none.",
     ),
     prometheus: Path | None = typer.Option(
         None,
@@ -89,6 +90,8 @@ def _render(out: Console, report: StatusReport) -> None:
             table.add_row(f"invariant {result['name']}", shown)
             for violation in result["violations"][:5]:
                 table.add_row("", f"[red]•[/red] {escape(violation['detail'])}")
+        if report.invariants.get("scope") == "catalog":
+            table.add_row("invariants", "[dim]the checks that read every row: --invariants[/dim]")
     api = report.api
     if api is not None:
         if api.error:
