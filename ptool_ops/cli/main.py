@@ -32,6 +32,7 @@ from ptool_ops.cli import report as report_cli
 from ptool_ops.cli import runbook as runbook_cli
 from ptool_ops.cli import secrets as secrets_cli
 from ptool_ops.cli import status as status_cli
+from ptool_ops.cli import tour as tour_cli
 from ptool_ops.cli.args import hoist_global_options
 from ptool_ops.cli.context import AppContext
 from ptool_ops.console import Output, OutputFormat, Redactor, configure_logging
@@ -150,6 +151,7 @@ app.add_typer(secrets_cli.app, name="secrets")
 app.command("status")(status_cli.status)
 app.command("report")(report_cli.report)
 app.command("doctor")(doctor_cli.doctor)
+app.command("tour")(tour_cli.tour)
 
 
 @app.command(
