@@ -436,7 +436,7 @@ def _restore(
     compare_live: bool,
     report: Progress,
 ) -> RestoreResult:
-    from ptool_ops.booking.invariants import run_invariants
+    from ptool_ops.booking.invariants import run_invariants_concurrently
     from ptool_ops.local.cluster import _free_port
     from ptool_ops.pitr.compare import compare
 
@@ -512,8 +512,10 @@ def _restore(
         report("checking", "booking invariants and the comparison with live")
         traced("check")
         check_clock = time.monotonic()
+        # the copy is paused at its target: nothing writes, so the checks may run side by
+        # side, one on each core, each on a connection of its own
+        invariants = run_invariants_concurrently(lambda: pg.connect(url)).to_dict()
         with pg.connect(url) as copy:
-            invariants = run_invariants(copy).to_dict()
             comparison = None
             if compare_live:
                 with env.database("pitr.restore").connect() as live:

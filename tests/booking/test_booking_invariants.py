@@ -20,6 +20,7 @@ from ptool_ops.booking.invariants import (
     run_invariants,
 )
 from ptool_ops.booking.seed import seed
+from tests.conftest import BACKUP, OWNER, TestDatabase
 
 NAMES = [
     "no_overlapping_bookings",
@@ -394,3 +395,32 @@ def test_runs_in_one_read_only_snapshot_on_an_idle_connection(booking_db: Any) -
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
         conn.execute("INSERT INTO booking.tenants (slug, name) VALUES ('after', 'After')")
         conn.commit()
+
+
+def test_concurrently_on_a_quiet_database_finds_what_one_snapshot_finds(
+    booking_db: TestDatabase,
+) -> None:
+    """A paused restore's checks run side by side, each on its own connection."""
+    from ptool_ops.booking.invariants import run_invariants_concurrently
+
+    with psycopg.connect(booking_db.url(OWNER), autocommit=True) as conn:
+        seed(conn, tenants=2, bookings=200, seed=3)
+        gap = _stream(conn, [1, 3])
+    url = booking_db.url(BACKUP)  # BYPASSRLS: every row, as restores check
+
+    def plain(report: Any) -> Any:
+        return [
+            {k: v for k, v in r.to_dict().items() if k != "duration_ms"} for r in report.results
+        ]
+
+    with psycopg.connect(url) as conn:
+        serial = run_invariants(conn)
+    side_by_side = run_invariants_concurrently(lambda: psycopg.connect(url), workers=2)
+    assert plain(side_by_side) == plain(serial) and [r.name for r in side_by_side.results] == NAMES
+    assert not side_by_side.ok
+    (broken,) = [r for r in side_by_side.results if not r.ok]
+    assert (
+        broken.name == "event_streams_contiguous" and broken.violations[0].ref["stream_id"] == gap
+    )
+    with pytest.raises(ValueError, match="Unknown invariant check"):
+        run_invariants_concurrently(lambda: psycopg.connect(url), only=["nope"])
