@@ -164,7 +164,8 @@ def create_database(url: SecretStr, name: str, comment: str | None = None) -> No
         except errors.DuplicateDatabase:
             raise Conflict(
                 f"database {name} already exists.",
-                hint="Choose another --target-db, or drop it first.",
+                hint=f"Drop it if nobody needs it (DROP DATABASE {name}), or give 'backup"
+                " restore' another --target-db.",
             ) from None
         try:
             if comment is not None:
