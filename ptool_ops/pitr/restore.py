@@ -41,7 +41,7 @@ from ptool_ops.errors import (
     Refused,
     UsageError,
 )
-from ptool_ops.pitr import archive, base, commands, locks, window
+from ptool_ops.pitr import archive, base, commands, locks, wal, window
 from ptool_ops.pitr.target import Target, format_lsn
 from ptool_ops.repo.lease import Lease, holding
 
@@ -670,6 +670,8 @@ def drop(env: Environment, restore_id: str) -> dict[str, Any]:
         # live was retired then)
         retired = data.get("state") == "replaced" or retire(repo, restore_id, "dropped")
         entry.details["archive_retired"] = retired
+        # the copy's restore_command may have left a prefetcher filling its spool
+        wal.stop_prefetch(root / "spool")
         shutil.rmtree(root)
     return {"id": restore_id, "removed": str(root), "archive_retired": retired}
 

@@ -205,6 +205,32 @@ def fetch(
     return FetchResult(name, key, len(data))
 
 
+#: in a spool: asks its prefetcher to stop (``pitr drop`` removes the spool after it)
+STOP = ".stop"
+
+
+def stop_prefetch(spool: Path, timeout_s: float = 15.0) -> bool:
+    """Ask the prefetcher of ``spool`` to stop and wait until it has (its lock is free), so
+    the directory can be removed without a segment landing in it meanwhile; whether it
+    stopped within ``timeout_s`` (a spool without a prefetcher: at once)."""
+    import fcntl
+    import time
+
+    if not spool.is_dir():
+        return True
+    (spool / STOP).touch()
+    deadline = time.monotonic() + timeout_s
+    with open(spool / ".lock", "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+
+
 def prefetch(
     repo: Repository,
     after: str,
@@ -218,7 +244,8 @@ def prefetch(
     """Keep up to ``ahead`` checked segments after ``after`` ready in ``spool`` while
     recovery consumes them (one prefetcher per spool: an flock on ``spool/.lock``). Stops
     at the archive's end, on any failure (the real fetch then reports it), or when nothing
-    was taken from the spool for ``idle_s``. Returns how many segments it fetched."""
+    was taken from the spool for ``idle_s``, or when asked to (:func:`stop_prefetch`).
+    Returns how many segments it fetched."""
     import fcntl
     import time
     from concurrent.futures import ThreadPoolExecutor
@@ -251,6 +278,8 @@ def prefetch(
 
         with ThreadPoolExecutor(workers, thread_name_prefix="prefetch") as pool:
             while True:
+                if (spool / STOP).exists():
+                    return fetched
                 present = ready()
                 if len(present) >= ahead:
                     if time.monotonic() - last_taken > idle_s:

@@ -160,3 +160,45 @@ def test_the_generated_restore_command_never_mistakes_a_crash_for_the_end(
     # a repository that is not there is no "end of the archive"
     gone = restore_command(f"file://{tmp_path / 'unmounted'}")
     assert _as_postgres_runs_it(gone, segment.name, dest) == 128
+
+
+def test_a_prefetcher_stops_when_asked_so_its_spool_can_be_removed(
+    pitr_env: PitrEnv, tmp_path: Path
+) -> None:
+    """A restore's restore_command leaves a prefetcher filling its spool; 'pitr drop' asks
+    it to stop and waits before removing the copy (it raced with a segment landing)."""
+    import threading
+    import time
+
+    from ptool_ops.pitr import wal as wal_mod
+    from ptool_ops.repo.file import FileStorage
+    from ptool_ops.repo.repository import Repository
+
+    with pitr_env.owner("postgres") as conn:
+        row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+        assert row is not None
+        first = str(row[0])
+    for n in range(3):
+        with pitr_env.owner() as conn:
+            conn.execute(
+                "INSERT INTO booking.tenants (slug, name) VALUES (%s, %s)",
+                (f"prefetch-{n}-{time.time_ns()}", "prefetch"),
+            )
+        pitr_env.wait_archived()
+    repo = Repository(FileStorage(pitr_env.repo))
+    spool = tmp_path / "spool"
+    fetched: list[int] = []
+    worker = threading.Thread(
+        target=lambda: fetched.append(wal_mod.prefetch(repo, first, spool, ahead=2, idle_s=60))
+    )
+    worker.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if spool.is_dir() and len([p for p in spool.iterdir() if not p.name.startswith(".")]) >= 2:
+            break
+        time.sleep(0.05)
+    assert wal_mod.stop_prefetch(spool, timeout_s=10)  # it idled, waiting for recovery
+    worker.join(5)
+    assert not worker.is_alive() and fetched == [2]
+    shutil.rmtree(spool)
+    assert wal_mod.stop_prefetch(spool)  # no spool: nothing to stop
