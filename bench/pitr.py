@@ -238,6 +238,12 @@ def main() -> None:
         print(
             f"ratio pitr restore / baseline: {ratio:.2f} (target <= {TARGET_RESTORE_RATIO}, {mark})"
         )
+        checks = (restored.get("invariants") or {}).get("checks") or []
+        print(
+            "  checks, side by side: "
+            + ", ".join(f"{c['name']} {c['duration_ms'] / 1000:.1f} s" for c in checks),
+            flush=True,
+        )
 
         # --- the RTO lesson: a logical restore of the same database ------------------------
         _, out = timed(
