@@ -65,7 +65,6 @@ def record(trail: Trail, action: str, details: dict[str, Any] | None = None) -> 
     """``started`` now; ``ok`` or ``failed`` when the block ends, then anchored."""
     entry = Entry(action, dict(details or {}))
     trail.append(action, "started", dict(entry.details), op=entry.op)
-    entry.started = True
     try:
         yield entry
     except PtoolError as err:
