@@ -120,6 +120,18 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+def human_size(n: float | None) -> str:
+    """Bytes for people: ``618.6 KiB``; ``?`` when unknown."""
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 def to_jsonable(value: Any) -> Any:
     """Dataclasses, enums, paths and datetimes to plain JSON values."""
     if hasattr(value, "to_dict") and not isinstance(value, type):

@@ -180,6 +180,13 @@ def run(
     return result
 
 
+def rto_text(doc: dict[str, Any]) -> str:
+    """A recorded drill's RTO per part, for people: ``logical 2.1 s, point-in-time 5.0 s``."""
+    return ", ".join(
+        f"{p['kind']} {p['rto_s']:.1f} s" for p in doc.get("parts", []) if p.get("rto_s")
+    )
+
+
 def history(repo: Repository) -> list[dict[str, Any]]:
     """Every recorded drill, oldest first (unreadable records are left out)."""
     found = []

@@ -165,7 +165,7 @@ def _drills(env: Environment) -> Section:
                 d["id"],
                 d["started_at"],
                 "yes" if d.get("ok") else "NO",
-                ", ".join(f"{p['kind']} {p['rto_s']:.1f} s" for p in d["parts"] if p.get("rto_s")),
+                drill.rto_text(d),
                 f"{d['rpo_s']:.0f} s" if d.get("rpo_s") is not None else "-",
             ]
             for d in found

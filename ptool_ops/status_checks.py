@@ -137,7 +137,7 @@ def drill_age(env: Environment, now: datetime) -> Check:
         )
     newest = passed[-1]
     days = (now - datetime.fromisoformat(str(newest["started_at"]))).total_seconds() / 86400
-    rto = ", ".join(f"{p['kind']} {p['rto_s']:.1f} s" for p in newest["parts"] if p.get("rto_s"))
+    rto = drill.rto_text(newest)
     return Check(
         "drill.age",
         days <= limit,

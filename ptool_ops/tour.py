@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from ptool_ops import privileges
+from ptool_ops.console import human_size
 from ptool_ops.errors import Conflict, OperationFailed
 
 #: the file that says a directory is a tour's own (and may be started afresh)
@@ -111,6 +112,16 @@ class TourResult:
 def check_directory(directory: Path) -> bool:
     """Can ``directory`` hold the tour: new, empty, or a tour's own? Returns whether a
     previous tour's environment is there (to be started afresh)."""
+    try:
+        return _check_directory(directory)
+    except OSError as err:  # a path that cannot be read: /proc/..., no permission
+        raise Conflict(
+            f"cannot use {directory} for the tour: {err.strerror or type(err).__name__}.",
+            hint="Pass --dir with a new or empty directory.",
+        ) from None
+
+
+def _check_directory(directory: Path) -> bool:
     if directory.exists() and not directory.is_dir():
         raise Conflict(
             f"{directory} is a file, not a directory for the tour.",
@@ -129,11 +140,17 @@ def check_directory(directory: Path) -> bool:
 def prepare(directory: Path) -> bool:
     """:func:`check_directory`, then the directory made and marked as the tour's."""
     previous = check_directory(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / MARKER).write_text(
-        "Made by 'ptool-ops tour': its local environment. Running the tour again starts it"
-        " afresh; delete the directory when done.\n"
-    )
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MARKER).write_text(
+            "Made by 'ptool-ops tour': its local environment. Running the tour again starts"
+            " it afresh; delete the directory when done.\n"
+        )
+    except OSError as err:
+        raise Conflict(
+            f"cannot use {directory} for the tour: {err.strerror or type(err).__name__}.",
+            hint="Pass --dir with a new or empty directory.",
+        ) from None
     return previous
 
 
@@ -270,15 +287,6 @@ class _ApiLoad:
                 self._stop.wait(0.02)
 
 
-def _size(n: Any) -> str:
-    size = float(n or 0)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def run(
     directory: Path,
     narrator: Narrator,
@@ -401,14 +409,14 @@ def _tour(
     )
     dump, took = shell.ptool("backup", "create")
     narrator.say(
-        f"backup {dump['id']}: {_size(dump['raw_bytes'])} dumped,"
-        f" {_size(dump['stored_bytes'])} stored in {dump['repository']} ({took:.1f} s)",
+        f"backup {dump['id']}: {human_size(dump['raw_bytes'])} dumped,"
+        f" {human_size(dump['stored_bytes'])} stored in {dump['repository']} ({took:.1f} s)",
         "ok",
     )
     base, took = shell.ptool("pitr", "base-backup")
     narrator.say(
-        f"{base['backup_type']} base backup {base['id']}: {_size(base['raw_bytes'])} read,"
-        f" {_size(base['stored_bytes'])} stored, LSN {base['start_lsn']}..{base['end_lsn']},"
+        f"{base['backup_type']} base backup {base['id']}: {human_size(base['raw_bytes'])} read,"
+        f" {human_size(base['stored_bytes'])} stored, LSN {base['start_lsn']}..{base['end_lsn']},"
         f" verified ({took:.1f} s)",
         "ok",
     )

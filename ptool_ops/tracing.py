@@ -126,11 +126,7 @@ def _parent() -> Context | None:
 
 def _failure(exc: BaseException) -> bool:
     """Whether ``exc`` ends a span as an error (an exit with code 0 does not)."""
-    if isinstance(exc, SystemExit):
-        return exc.code not in (0, None)
-    if _is_exit(exc):
-        return getattr(exc, "exit_code", 1) != 0
-    return True
+    return not _is_exit(exc) or _exit_of(exc)[0] != 0
 
 
 def _is_exit(exc: BaseException) -> bool:
@@ -352,7 +348,7 @@ def _exit_of(exc: BaseException) -> tuple[int, BaseException | None]:
     """The exit code an exception leaving the root group means, and the error behind it
     (``raise Exit(code) from None`` keeps it as the context)."""
     if isinstance(exc, SystemExit):
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 1
     else:
         found = getattr(exc, "exit_code", None)
         code = found if isinstance(found, int) else 1

@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ from typer.testing import CliRunner
 
 from ptool_ops import pg, privileges
 from ptool_ops.booking import MIGRATIONS_DIR
-from ptool_ops.local.cluster import SETUP_APPLICATION, SUPERUSER
+from ptool_ops.local import SUPERUSER
+from ptool_ops.local.cluster import SETUP_APPLICATION
 from ptool_ops.local.env import LocalEnvironment
 
 TEMPLATE = "ptool_test_template"
@@ -359,3 +361,20 @@ _canaries: set[str] = set()
 
 def add_canaries(*values: str) -> None:
     _canaries.update(v for v in values if len(v) >= 8)
+
+
+@contextmanager
+def local_server(
+    root: Path, *, archive: bool = True, api: bool = True
+) -> Iterator[LocalEnvironment]:
+    """A local environment of a test module's own in ``root`` (what ``local up`` makes),
+    its passwords counted as canaries; stopped afterwards."""
+    env = LocalEnvironment(root, archive=archive)
+    env.up(api=api)
+    creds = env.facts.secrets()
+    assert creds is not None
+    add_canaries(*creds.values())
+    try:
+        yield env
+    finally:
+        env.down()

@@ -14,7 +14,6 @@ import psycopg
 import pytest
 
 from ptool_ops import audit
-from ptool_ops.audit import legacy
 from ptool_ops.audit.trail import GENESIS, digest
 from ptool_ops.environment import Environment
 from ptool_ops.errors import OperationFailed
@@ -271,7 +270,7 @@ def _old_trail(path: Path, actions: list[str]) -> list[dict[str, Any]]:
             "details": {"n": n},
             "prev": prev,
         }
-        record["hash"] = prev = legacy._digest(record)
+        record["hash"] = prev = digest(record)  # the file's hashes were the events' own
         records.append(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ptool_ops.local.env import LocalEnvironment
-from tests.conftest import Cli, add_canaries
+from tests.conftest import Cli, local_server
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -29,13 +29,8 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
-    env = LocalEnvironment(tmp_path_factory.mktemp("report") / "local")
-    env.up(api=False)
-    creds = env.facts.secrets()
-    assert creds is not None
-    add_canaries(*creds.values())
-    yield env
-    env.down()
+    with local_server(tmp_path_factory.mktemp("report") / "local", api=False) as env:
+        yield env
 
 
 def dump_dom(page: Path, profile: Path) -> str:

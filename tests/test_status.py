@@ -14,18 +14,13 @@ from ptool_ops import privileges
 from ptool_ops.booking.invariants import CATALOG_CHECKS
 from ptool_ops.local import api as local_api
 from ptool_ops.local.env import LocalEnvironment
-from tests.conftest import Cli, add_canaries
+from tests.conftest import Cli, local_server
 
 
 @pytest.fixture(scope="module")
 def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
-    env = LocalEnvironment(tmp_path_factory.mktemp("status") / "local")
-    env.up()
-    creds = env.facts.secrets()
-    assert creds is not None
-    add_canaries(*creds.values())
-    yield env
-    env.down()
+    with local_server(tmp_path_factory.mktemp("status") / "local") as env:
+        yield env
 
 
 def configure(cli: Cli, local: LocalEnvironment) -> Path:

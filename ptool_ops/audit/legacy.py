@@ -11,22 +11,17 @@ twice. An ``flock`` on the file keeps two commands on one machine from both impo
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ptool_ops.audit.trail import GENESIS, digest
+
 if TYPE_CHECKING:
     from ptool_ops.audit.trail import Trail
 
-GENESIS = "0" * 64
 SUFFIX = ".imported"
-
-
-def _digest(record: dict[str, Any]) -> str:
-    canonical = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def check(lines: list[str]) -> tuple[list[tuple[int, dict[str, Any]]], int | None, str | None]:
@@ -45,7 +40,7 @@ def check(lines: list[str]) -> tuple[list[tuple[int, dict[str, Any]]], int | Non
         else:
             if bad is None and record.get("prev") != prev:
                 bad, why = number, "chain broken: prev mismatch"
-            elif bad is None and _digest(record) != claimed:
+            elif bad is None and digest(record) != claimed:
                 bad, why = number, "record altered: hash mismatch"
             record["hash"] = claimed
             prev = str(claimed)

@@ -138,6 +138,7 @@ class _Check:
     description: str
     requires: tuple[str, ...]
     run: CheckFn
+    catalog_only: bool = False  # reads the catalog, no table's rows: fast on any size
 
 
 def _rows(
@@ -463,6 +464,7 @@ CHECKS: tuple[_Check, ...] = (
         "Every tenant table has row-level security enabled and a policy.",
         (),
         _check_rls,
+        catalog_only=True,
     ),
     _Check(
         "event_streams_contiguous",
@@ -475,6 +477,7 @@ CHECKS: tuple[_Check, ...] = (
         "No constraint is left NOT VALID and no index is invalid or unfinished.",
         (),
         _check_invalid,
+        catalog_only=True,
     ),
     _Check(
         "foreign_keys_hold",
@@ -486,7 +489,7 @@ CHECKS: tuple[_Check, ...] = (
 
 
 #: the checks that read only the catalog (fast on any size): ``status`` runs them by default
-CATALOG_CHECKS: tuple[str, ...] = tuple(check.name for check in CHECKS if not check.requires)
+CATALOG_CHECKS: tuple[str, ...] = tuple(check.name for check in CHECKS if check.catalog_only)
 
 
 def run_invariants(
@@ -503,17 +506,7 @@ def run_invariants(
     :class:`InvariantsUnavailable` when row-level security would hide rows from the
     connection's role.
     """
-    if limit < 0:
-        raise ValueError("The violation limit must not be negative.")
-    known = {check.name for check in CHECKS}
-    if only is not None:
-        unknown = sorted(set(only) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown invariant check(s): {', '.join(unknown)}; "
-                f"known checks: {', '.join(sorted(known))}."
-            )
-    selected = [check for check in CHECKS if only is None or check.name in only]
+    selected = _select(only, limit)
 
     own_transaction = conn.info.transaction_status == TransactionStatus.IDLE
     report = InvariantReport()
@@ -541,10 +534,7 @@ def run_invariants_concurrently(
     own snapshot; on a database that changes use :func:`run_invariants` (one snapshot)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    unknown = sorted(set(only or ()) - {check.name for check in CHECKS})
-    if unknown:
-        raise ValueError(f"Unknown invariant check(s): {', '.join(unknown)}.")
-    names = [check.name for check in CHECKS if only is None or check.name in only]
+    names = [check.name for check in _select(only, limit)]
 
     def one(name: str) -> InvariantReport:
         with connect() as conn:
@@ -553,6 +543,21 @@ def run_invariants_concurrently(
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         parts = list(pool.map(one, names))
     return InvariantReport([result for part in parts for result in part.results])
+
+
+def _select(only: Sequence[str] | None, limit: int) -> list[_Check]:
+    """The checks named in ``only`` (all for None), in the canonical order."""
+    if limit < 0:
+        raise ValueError("The violation limit must not be negative.")
+    known = {check.name for check in CHECKS}
+    if only is not None:
+        unknown = sorted(set(only) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown invariant check(s): {', '.join(unknown)}; "
+                f"known checks: {', '.join(sorted(known))}."
+            )
+    return [check for check in CHECKS if only is None or check.name in only]
 
 
 def _present_tables(conn: Conn) -> set[str] | None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ptool_ops.cli import context
+from ptool_ops.console import human_size
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -22,14 +23,6 @@ app = typer.Typer(help="Logical backups in the environment's repository (S3 or d
 BACKUP_ID = typer.Argument(..., help="Backup id (or an unambiguous prefix, or 'latest').")
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 @contextmanager
 def _byte_progress(app_ctx: AppContext, label: str) -> Iterator[Callable[[str, int, int], None]]:
     """A progress bar showing bytes and rate; silent for JSON and pipes."""
@@ -38,11 +31,11 @@ def _byte_progress(app_ctx: AppContext, label: str) -> Iterator[Callable[[str, i
 
         def update(stage: str, done: int, total: int) -> None:
             elapsed = max(time.monotonic() - started, 1e-6)
-            rate = _size(done / elapsed)
+            rate = human_size(done / elapsed)
             bar.update(
                 done,
                 total=max(total, done) or None,
-                description=f"{stage} {_size(done)} ({rate}/s)",
+                description=f"{stage} {human_size(done)} ({rate}/s)",
             )
 
         yield update
@@ -77,7 +70,8 @@ def create(
         lock = " (encrypted)" if result.encrypted else ""
         out.print(
             f"[green]✓[/green] backup [bold]{result.id}[/bold] of {result.database}: "
-            f"{_size(result.raw_bytes)} dumped, {_size(result.stored_bytes)} stored{lock} "
+            f"{human_size(result.raw_bytes)} dumped, {human_size(result.stored_bytes)} stored"
+            f"{lock} "
             f"in {result.elapsed_s:.1f} s ({result.rate_mb_s} MiB/s)"
         )
         out.print(f"  repository: {result.repository}")
@@ -112,7 +106,7 @@ def list_(ctx: typer.Context) -> None:
                 started,
                 row.database or "-",
                 row.schema_version or "-",
-                _size(row.stored_bytes or 0),
+                human_size(row.stored_bytes or 0),
                 "yes" if row.encrypted else "no",
                 row.verified_at or "-",
             )
@@ -145,7 +139,9 @@ def show(ctx: typer.Context, backup_id: str = BACKUP_ID) -> None:
         objects = Table("object", "stored", "raw", "sha256", "encryption", box=None)
         for o in manifest.objects:
             enc = f"{o.encryption.algorithm} key {o.encryption.key_id}" if o.encryption else "-"
-            objects.add_row(o.key, _size(o.size), _size(o.raw_size), o.sha256[:16] + "…", enc)
+            objects.add_row(
+                o.key, human_size(o.size), human_size(o.raw_size), o.sha256[:16] + "…", enc
+            )
         out.print(objects)
         tables = Table("table", "rows", "estimate", box=None)
         for t in manifest.tables:
@@ -180,7 +176,7 @@ def verify(
     def render(out: Console) -> None:
         for check in result.objects:
             mark = "[green]✓[/green]" if check.ok else "[red]✗[/red]"
-            out.print(f"{mark} {check.error or check.key} ({_size(check.size)})")
+            out.print(f"{mark} {check.error or check.key} ({human_size(check.size)})")
         if result.restore is not None:
             inv = result.restore["invariants"]
             note = "" if inv.get("available") else " (invariant checks not available)"

@@ -70,9 +70,7 @@ def list_cmd(ctx: typer.Context) -> None:
 
         table = Table("drill", "started", "ok", "RTO", "RPO", box=None)
         for doc in found:
-            rto = ", ".join(
-                f"{p['kind']} {p['rto_s']:.1f} s" for p in doc["parts"] if p.get("rto_s")
-            )
+            rto = drill.rto_text(doc)
             rpo = f"{doc['rpo_s']:.0f} s" if doc.get("rpo_s") is not None else "-"
             table.add_row(doc["id"], doc["started_at"], "yes" if doc["ok"] else "NO", rto, rpo)
         out.print(table)

@@ -8,7 +8,7 @@ import typer
 
 from ptool_ops import privileges
 from ptool_ops.cli import context
-from ptool_ops.local.cluster import SUPERUSER
+from ptool_ops.local import SUPERUSER
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -87,7 +87,8 @@ def base_backup(
     ),
 ) -> None:
     """Stream pg_basebackup into the repository, verify the stored copy, record it."""
-    from ptool_ops.cli.backup import _byte_progress, _size
+    from ptool_ops.cli.backup import _byte_progress
+    from ptool_ops.console import human_size
     from ptool_ops.pitr import base
 
     app_ctx = context.get(ctx)
@@ -104,7 +105,8 @@ def base_backup(
         parent = f" on top of {result.parent}" if result.parent else ""
         out.print(
             f"[green]✓[/green] {result.backup_type} base backup [bold]{result.id}[/bold]"
-            f"{parent}: {_size(result.raw_bytes)} read, {_size(result.stored_bytes)} stored, "
+            f"{parent}: {human_size(result.raw_bytes)} read,"
+            f" {human_size(result.stored_bytes)} stored, "
             f"LSN {result.start_lsn}..{result.end_lsn} on timeline {result.timeline} "
             f"({result.elapsed_s:.1f} s, verified in {result.verified_s:.1f} s)"
         )
@@ -430,7 +432,7 @@ def prune_cmd(
     needs, and leftovers of interrupted runs. --dry-run lists what would go."""
     from datetime import timedelta
 
-    from ptool_ops.cli.backup import _size
+    from ptool_ops.console import human_size
     from ptool_ops.errors import UsageError
     from ptool_ops.pitr import prune
     from ptool_ops.pitr.retention import Policy
@@ -469,13 +471,15 @@ def prune_cmd(
             out.print(f"kept {escape(d.describe())}: {escape('; '.join(d.reasons))}")
         for d in result.deleted:
             why = f": {escape('; '.join(d.reasons))}" if d.reasons else ""
-            out.print(f"[red]{verb}[/red] {escape(d.describe())}, {_size(d.stored_bytes)}{why}")
+            out.print(
+                f"[red]{verb}[/red] {escape(d.describe())}, {human_size(d.stored_bytes)}{why}"
+            )
         for backup_id in result.forgotten:
             out.print(f"[red]{verb}[/red] unreadable base backup {backup_id}")
         for leftover in result.incomplete:
             out.print(
                 f"[red]{verb}[/red] incomplete base backup {leftover.id} (no manifest: an "
-                f"interrupted upload, garbage), {_size(leftover.bytes)}"
+                f"interrupted upload, garbage), {human_size(leftover.bytes)}"
             )
         for backup_id in result.young:
             out.print(f"left incomplete base backup {backup_id}: younger than the orphan age")
@@ -483,7 +487,9 @@ def prune_cmd(
             out.print(f"left {backup_id}: a base backup of another cluster than the archive's")
         out.print(escape(result.wal.describe(verb)))
         for r in result.restores_deleted:
-            out.print(f"[red]{verb}[/red] pitr/restores/{r.id}/ ({r.reason}), {_size(r.bytes)}")
+            out.print(
+                f"[red]{verb}[/red] pitr/restores/{r.id}/ ({r.reason}), {human_size(r.bytes)}"
+            )
         for r in result.restores_left:
             out.print(f"left pitr/restores/{r.id}/: {escape(r.reason)}")
         for name in result.points_deleted:
@@ -494,7 +500,7 @@ def prune_cmd(
             )
         out.print(
             f"{len(result.kept)} kept, {len(result.deleted) + len(result.forgotten)} "
-            f"{verb}; {_size(result.bytes_freed)} "
+            f"{verb}; {human_size(result.bytes_freed)} "
             f"{'would be freed' if result.dry_run else 'freed'}"
         )
 

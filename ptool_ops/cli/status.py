@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from ptool_ops.cli import context
+from ptool_ops.console import human_size
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -52,17 +53,6 @@ def status(
         raise typer.Exit(report.exit_code)
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def _render(out: Console, report: StatusReport) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -76,7 +66,7 @@ def _render(out: Console, report: StatusReport) -> None:
     if db.reachable:
         table.add_row("database", f"[green]reachable[/green] {escape(db.target or '')}")
         table.add_row("server", f"PostgreSQL {db.server_version}")
-        table.add_row("size", _size(db.size_bytes))
+        table.add_row("size", human_size(db.size_bytes))
         table.add_row("schema version", db.schema_version or "[red]none[/red]")
         table.add_row("WAL", f"wal_level={db.wal_level}, archive_mode={db.archive_mode}")
     else:

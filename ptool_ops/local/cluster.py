@@ -33,10 +33,10 @@ from typing import Any, Literal
 
 from ptool_ops.errors import Conflict, DatabaseUnavailable, OperationFailed, ToolMissing
 from ptool_ops.files import atomic_write
+from ptool_ops.local import SUPERUSER
 from ptool_ops.pg import bundled_bin_dir
 
 SERVER_OS_USER = "embedded_postgres"
-SUPERUSER = "postgres"
 DATABASE = "booking"
 START_TIMEOUT_S = 60
 _SOCKET_NAME_MAX = 100  # sun_path is 108 bytes on Linux; ".s.PGSQL.NNNNN" must fit too

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 from ptool_ops import privileges
 from ptool_ops.errors import ConfigError
 from ptool_ops.files import atomic_write
-from ptool_ops.local.cluster import DATABASE, SUPERUSER, LocalPaths, LocalServer, ServerState
+from ptool_ops.local import SUPERUSER
+from ptool_ops.local.cluster import DATABASE, LocalPaths, LocalServer, ServerState
 from ptool_ops.local.facts import LocalFacts, LocalSecrets
 
 if TYPE_CHECKING:

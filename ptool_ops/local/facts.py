@@ -16,7 +16,8 @@ from urllib.parse import quote
 
 from ptool_ops import privileges
 from ptool_ops.errors import ConfigError, DatabaseUnavailable
-from ptool_ops.local.cluster import DATABASE, SUPERUSER, LocalPaths, ServerState, server_state
+from ptool_ops.local import SUPERUSER
+from ptool_ops.local.cluster import DATABASE, LocalPaths, ServerState, server_state
 
 #: version 2: the platform's owner role (booking_owner) has a password too
 SECRETS_VERSION = 2

@@ -515,11 +515,10 @@ def _restore(
         # the copy is paused at its target: nothing writes, so the checks may run side by
         # side, one on each core, each on a connection of its own
         invariants = run_invariants_concurrently(lambda: pg.connect(url)).to_dict()
-        with pg.connect(url) as copy:
-            comparison = None
-            if compare_live:
-                with env.database("pitr.restore").connect() as live:
-                    comparison = compare(live, copy).to_dict()
+        comparison = None
+        if compare_live:
+            with pg.connect(url) as copy, env.database("pitr.restore").connect() as live:
+                comparison = compare(live, copy).to_dict()
         clocks["check"] = round(time.monotonic() - check_clock, 3)
         clocks["total"] = round(time.monotonic() - started, 3)
         _write_state(root, restore_id, env, the_plan, port, state)
@@ -671,7 +670,12 @@ def drop(env: Environment, restore_id: str) -> dict[str, Any]:
         retired = data.get("state") == "replaced" or retire(repo, restore_id, "dropped")
         entry.details["archive_retired"] = retired
         # the copy's restore_command may have left a prefetcher filling its spool
-        wal.stop_prefetch(root / "spool")
+        if not wal.stop_prefetch(root / "spool"):
+            raise OperationFailed(
+                f"the copy {restore_id} was stopped, but the WAL prefetcher of its restore"
+                f" command still writes into {root / 'spool'}, so it was not removed.",
+                hint="Run 'ptool-ops pitr drop' again in a minute.",
+            )
         shutil.rmtree(root)
     return {"id": restore_id, "removed": str(root), "archive_retired": retired}
 

@@ -10,18 +10,13 @@ import pytest
 
 from ptool_ops import privileges
 from ptool_ops.local.env import LocalEnvironment
-from tests.conftest import Cli, add_canaries
+from tests.conftest import Cli, local_server
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
-    env = LocalEnvironment(tmp_path_factory.mktemp("dr") / "local", archive=False)
-    env.up(api=False)
-    creds = env.facts.secrets()
-    assert creds is not None
-    add_canaries(*creds.values())
-    yield env
-    env.down()
+    with local_server(tmp_path_factory.mktemp("dr") / "local", archive=False, api=False) as env:
+        yield env
 
 
 def test_prod_backup_restores_into_the_dr_server(cli: Cli, source: LocalEnvironment) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from ptool_ops import privileges
 from ptool_ops.local.env import LocalEnvironment
-from tests.conftest import Cli, add_canaries
+from tests.conftest import Cli, add_canaries, local_server
 from tests.iac.fakes import FakeRailway, serve
 
 SECRET = "staging/booking/app-db"
@@ -22,13 +22,10 @@ SECRET = "staging/booking/app-db"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
-    env = LocalEnvironment(tmp_path_factory.mktemp("deployed") / "local", archive=False)
-    env.up(api=False)
-    creds = env.facts.secrets()
-    assert creds is not None
-    add_canaries(*creds.values())
-    yield env
-    env.down()
+    with local_server(
+        tmp_path_factory.mktemp("deployed") / "local", archive=False, api=False
+    ) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
