@@ -92,13 +92,16 @@ def _spawn_prefetcher(args: argparse.Namespace) -> Callable[[str], None]:
     def start(after: str) -> None:
         import subprocess
 
-        argv = [sys.executable, "-I", "-m", "ptool_ops", "wal", "prefetch", after]
-        argv += ["--spool", str(args.spool), "--ahead", str(args.prefetch)]
-        argv += ["--archive", args.archive]
-        if args.repo:
-            argv += ["--repo", args.repo]
-        if args.key_file:
-            argv += ["--key-file", str(args.key_file)]
+        from ptool_ops.pitr.commands import prefetch_command
+
+        argv = prefetch_command(
+            args.repo,
+            after=after,
+            spool=Path(args.spool),
+            ahead=args.prefetch,
+            key_file=args.key_file,
+            archive_name=args.archive,
+        )
         subprocess.Popen(  # our own interpreter and arguments
             argv,
             stdin=subprocess.DEVNULL,

@@ -260,6 +260,21 @@ class LocalServer:
             "cwd": str(self.paths.root),
         }
 
+    def spawn(self, argv: list[str]) -> None:
+        """Start ``argv`` detached, as the server's OS user and with the server's
+        environment (what its restore_command would start), and do not wait for it."""
+        if os.geteuid() == 0:
+            _allow_our_interpreter()
+        subprocess.Popen(  # our own interpreter and arguments
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            **self._run_as(),
+        )
+
     def share_with_server(self, path: Path, *, mode: int = 0o700) -> None:
         """Make ``path`` (a directory) the server's own, so its archive_command can write
         there while this process (root, or the same user) still can too."""
@@ -291,15 +306,7 @@ class LocalServer:
             _allow_traversal(root)
             _allow_traversal(self.bindir)
             if self.archive_command is not None:
-                # the archive and restore commands run this interpreter and this package
-                # as the server's user: it must reach them (o+x on their parents only)
-                import sys
-
-                import ptool_ops
-
-                for needed in (Path(sys.executable).resolve(), Path(sys.prefix)):
-                    _allow_traversal(needed)
-                _allow_traversal(Path(ptool_ops.__file__).resolve().parent)
+                _allow_our_interpreter()
         for path, mode in (
             (self.paths.pgdata, 0o700),
             (self.paths.log_dir, 0o700),
@@ -555,6 +562,18 @@ def _ensure_os_user(name: str) -> Any:
             hint="Create it yourself (useradd --system) or run ptool-ops as a normal user.",
         ) from None
     return pwd.getpwnam(name)
+
+
+def _allow_our_interpreter() -> None:
+    """The archive and restore commands run this interpreter and this package as the
+    server's user: it must reach them (o+x on their parents only)."""
+    import sys
+
+    import ptool_ops
+
+    for needed in (Path(sys.executable).resolve(), Path(sys.prefix)):
+        _allow_traversal(needed)
+    _allow_traversal(Path(ptool_ops.__file__).resolve().parent)
 
 
 def _allow_traversal(path: Path) -> None:

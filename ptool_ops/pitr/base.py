@@ -24,20 +24,17 @@ it), and the next transaction id after it ended (an xid target must be at least 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import queue
 import shutil
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from ptool_ops import pg, privileges
 from ptool_ops.audit import audited
@@ -53,11 +50,6 @@ if TYPE_CHECKING:
     from ptool_ops.repo.repository import Repository
 
 PREFIX = "pitr/base"
-#: the pipe into tar: 1 MiB (Linux' default is 64 KiB) halves the switches between the
-#: decompressing writer and tar
-PIPE_SIZE = 1024 * 1024
-#: chunks decompressed ahead of tar (each up to a few MB: memory stays bounded)
-FEED_AHEAD = 4
 KIND = "pitr-base"
 
 #: called with (phase, bytes done, bytes expected or 0)
@@ -152,39 +144,6 @@ def _server(conn: Any) -> tuple[str, int, int]:
     ).fetchone()
     assert row is not None
     return str(row[0]), int(row[1]), archive.current_timeline(conn)
-
-
-class _Reader:
-    """A file-like view of byte chunks, for tarfile's stream mode (reads of a few KiB from
-    chunks of a MiB: an offset into the current chunk, never a copy of the rest)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._chunk = b""
-        self._at = 0
-
-    def read(self, size: int = -1) -> bytes:
-        parts: list[bytes] = []
-        wanted = size
-        while wanted != 0:
-            if self._at >= len(self._chunk):
-                try:
-                    self._chunk, self._at = next(self._chunks), 0
-                except StopIteration:
-                    break
-                continue
-            end = len(self._chunk) if wanted < 0 else min(len(self._chunk), self._at + wanted)
-            parts.append(self._chunk[self._at : end])
-            if wanted > 0:
-                wanted -= end - self._at
-            self._at = end
-        return b"".join(parts)
-
-
-def open_tar_stream(repo: Repository, entry: ObjectEntry) -> tarfile.TarFile:
-    """The stored tar as a stream (checksummed, decrypted, decompressed on the way)."""
-    reader = cast("IO[bytes]", _Reader(repo.read_object(entry)))
-    return tarfile.open(fileobj=reader, mode="r|")
 
 
 def _verify(repo: Repository, tar: ObjectEntry, tool_dir: Path, work: Path) -> dict[str, Any]:
@@ -401,80 +360,21 @@ def base_backup(
         return result
 
 
-def extract(repo: Repository, backup: BaseBackupManifest, into: Path) -> None:
-    """Unpack one base backup's tar into ``into`` (made if missing).
+def extract(
+    repo: Repository,
+    backup: BaseBackupManifest,
+    into: Path,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Unpack one base backup's tar into ``into`` (made if missing), checksummed, decrypted
+    and decompressed on the way (:mod:`ptool_ops.pitr.untar`); the checksum is checked at
+    the stream's end, so a damaged object fails the restore. ``progress`` is told the
+    bytes unpacked so far."""
+    from ptool_ops.pitr import untar
 
-    With a ``tar`` command the stream is decompressed here and unpacked by ``tar`` on the
-    other core (about twice as fast as tarfile, which does both on one), and a thread writes
-    into tar's pipe while this one decompresses the next chunk (the two took turns before:
-    4.2 s for a 1 GB data directory, where decompressing alone takes 1.7 s and tar 2.7 s);
-    the checksum is still ours, checked at the stream's end (a damaged object fails the
-    restore)."""
-    into.mkdir(parents=True, exist_ok=True)
     entry = next(o for o in backup.objects if o.key == backup.tar_object)
     repo.check_key(entry)
-    tar = shutil.which("tar")
-    if tar is None:
-        with open_tar_stream(repo, entry) as archive:
-            archive.extractall(into, filter="tar")
-        return
-    proc = subprocess.Popen(
-        [tar, "-x", "-f", "-", "-C", str(into), "--no-same-owner"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin is not None and proc.stderr is not None
-    with contextlib.suppress(AttributeError, OSError):  # Linux: fewer, larger pipe writes
-        fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-    try:
-        try:
-            _feed(proc.stdin, repo.read_object(entry))
-        finally:
-            with contextlib.suppress(BrokenPipeError):
-                proc.stdin.close()
-        if proc.wait() != 0:
-            reason = proc.stderr.read().decode(errors="replace").strip().splitlines()
-            raise OperationFailed(
-                f"tar could not unpack base backup {backup.id}: {(reason or ['no message'])[-1]}.",
-                hint="Nothing live was touched; check the disk space of the restore directory.",
-            )
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stderr.close()
-
-
-def _feed(pipe: IO[bytes], chunks: Iterable[bytes]) -> None:
-    """Write ``chunks`` into ``pipe`` from a second thread, a few chunks ahead of it at
-    most (each a few MB), while this thread produces the next. A pipe that breaks (tar
-    stopped reading: its exit code says why) ends the writing, never the producing thread's
-    checks; the writer drains what is queued, so the producer never waits on a dead one."""
-    queued: queue.Queue[bytes | None] = queue.Queue(maxsize=FEED_AHEAD)
-    failed: list[BaseException] = []
-
-    def write() -> None:
-        while (chunk := queued.get()) is not None:
-            if failed:
-                continue
-            try:
-                pipe.write(chunk)
-            except BaseException as err:  # handed to the producing thread
-                failed.append(err)
-
-    writer = threading.Thread(target=write, name="tar-feed", daemon=True)
-    writer.start()
-    try:
-        for chunk in chunks:
-            if failed:
-                break
-            queued.put(chunk)
-    finally:
-        queued.put(None)
-        writer.join()
-    if failed and not isinstance(failed[0], BrokenPipeError):
-        raise failed[0]
+    untar.unpack(repo.read_object(entry), into, what=f"base backup {backup.id}", progress=progress)
 
 
 def materialise(
@@ -484,21 +384,26 @@ def materialise(
     progress: Progress | None = None,
 ) -> None:
     """A data directory from a chain (full first): one extract, or each into a scratch
-    directory and ``pg_combinebackup`` into ``data_dir``."""
+    directory and ``pg_combinebackup`` into ``data_dir``. ``progress`` is told
+    ("fetching", bytes unpacked, bytes in all) and ("combining", 0, 1)."""
     report: Progress = progress or (lambda phase, done, total: None)
+    sizes = [next(o.raw_size for o in b.objects if o.key == b.tar_object) for b in chain]
+    total = sum(sizes)
+
+    def fetched(before: int) -> Callable[[int], None]:
+        return lambda done: report("fetching", before + done, total)
+
+    report("fetching", 0, total)
     if len(chain) == 1:
-        report("fetching", 0, 1)
-        extract(repo, chain[0], data_dir)
-        report("fetching", 1, 1)
+        extract(repo, chain[0], data_dir, fetched(0))
         return
     scratch = data_dir.parent / f".{data_dir.name}.chain"
     scratch.mkdir(parents=True, exist_ok=False)
     try:
         parts = []
         for n, backup in enumerate(chain):
-            report("fetching", n, len(chain))
             part = scratch / backup.id
-            extract(repo, backup, part)
+            extract(repo, backup, part, fetched(sum(sizes[:n])))
             parts.append(str(part))
         report("combining", 0, 1)
         tool = pg.find_tool("pg_combinebackup", server_major=chain[-1].major)

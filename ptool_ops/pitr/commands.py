@@ -19,10 +19,12 @@ from ptool_ops.pitr import archive
 #: what the generated restore_command's ``wal fetch`` exits with for "not archived" (the
 #: shell around it turns it into PostgreSQL's 1, and every other code into 128)
 NOT_ARCHIVED_EXIT = 99
+#: segments a restore's prefetcher keeps checked and ready (16 MB each)
+PREFETCH_AHEAD = 8
 
 
-def _base(repo_url: str, key_file: Path | None, archive_name: str) -> list[str]:
-    parts = ["--repo", repo_url]
+def _base(repo_url: str | None, key_file: Path | None, archive_name: str) -> list[str]:
+    parts = ["--repo", repo_url] if repo_url is not None else []
     if key_file is not None:
         parts += ["--key-file", str(key_file)]
     if archive_name != archive.LIVE:
@@ -53,7 +55,7 @@ def restore_command(
     key_file: Path | None = None,
     archive_name: str = archive.LIVE,
     spool: Path | None = None,
-    prefetch: int = 8,
+    prefetch: int = PREFETCH_AHEAD,
 ) -> str:
     """``wal fetch``; with ``spool``, segments are fetched and checked ahead by a
     prefetcher, and a segment found there is moved into place by the shell alone (the
@@ -75,6 +77,30 @@ def restore_command(
         return fetch
     ready = shlex.quote(str(spool)).replace("%", "%%") + "/%f"
     return f"test -f {ready} && mv -f {ready} %p || {fetch}"
+
+
+def prefetch_command(
+    repo_url: str | None,
+    *,
+    after: str,
+    spool: Path,
+    ahead: int = PREFETCH_AHEAD,
+    key_file: Path | None = None,
+    archive_name: str = archive.LIVE,
+) -> list[str]:
+    """``wal prefetch`` (an argument list): segments after ``after`` fetched and checked
+    into ``spool``. ``wal fetch`` starts it after a segment it fetched itself, ``pitr
+    restore`` while the base backup unpacks; without ``repo_url`` it reads the settings."""
+    return [
+        *_python(),
+        "prefetch",
+        after,
+        "--spool",
+        str(spool),
+        "--ahead",
+        str(ahead),
+        *_base(repo_url, key_file, archive_name),
+    ]
 
 
 def conf_value(text: str) -> str:
