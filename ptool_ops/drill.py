@@ -100,7 +100,7 @@ def _point_in_time(
     """The newest archived moment restored beside live; None when there is nothing to
     drill here (said in ``result.skipped``)."""
     from ptool_ops.pitr import restore, window
-    from ptool_ops.pitr.target import Target
+    from ptool_ops.pitr.target import Target, parse_lsn
 
     if env.kind == "neon":
         result.skipped.append("point-in-time: Neon restores through branches, not an archive")
@@ -120,33 +120,52 @@ def _point_in_time(
         )
     # the newest moment the archive surely holds: just before its newest segment was stored,
     # and never before the oldest base backup's end (a restore would refuse it)
-    moment = datetime.fromisoformat(current.newest_archived_at) - timedelta(seconds=1)
-    if current.earliest_time is not None:
-        moment = max(
-            moment, datetime.fromisoformat(current.earliest_time) + timedelta(milliseconds=1)
-        )
+    newest_at = datetime.fromisoformat(current.newest_archived_at)
+    moment = newest_at - timedelta(seconds=1)
     target = Target("time", time=moment.astimezone(UTC))
+    if current.earliest_time is not None and current.earliest_lsn is not None:
+        floor = datetime.fromisoformat(current.earliest_time) + timedelta(milliseconds=1)
+        if floor >= newest_at:
+            # nothing was archived after that backup ended (its last segment is archived
+            # before it ends): its end is the newest point the archive proves
+            target = Target("lsn", lsn=parse_lsn(current.earliest_lsn))
+        elif floor > moment:
+            target = Target("time", time=floor.astimezone(UTC))
     progress(f"point-in-time: restoring {target.describe()} beside live")
+    from ptool_ops.backup.listing import new_id
+
+    restore_id = new_id()
+    problems: list[str] = []
     clock = time.monotonic()
+    restored = None
     try:
-        restored = restore.restore(env, target, compare_live=False)
+        restored = restore.restore(env, target, compare_live=False, restore_id=restore_id)
     except PtoolError as err:
-        return DrillPart(
-            "point-in-time", False, source=target.describe(), problems=[err.message.rstrip(".")]
-        )
-    rto = round(time.monotonic() - clock, 3)
-    problems = [] if restored.ok else ["invariant violation(s) in the restored copy"]
-    try:
-        restore.drop(env, restored.id)
-    except PtoolError as err:
-        problems.append(f"the scratch copy {restored.id} could not be dropped: {err.message}")
+        problems.append(err.message.rstrip("."))
+    rto = round(time.monotonic() - clock, 3) if restored is not None else None
+    if restored is not None and not restored.ok:
+        problems.append("invariant violation(s) in the restored copy")
+    # the scratch copy goes, also when the restore failed after making it (a copy that
+    # stopped short, or one still running that missed its target)
+    dropped: bool | None = None
+    if (restore.restores_dir(env) / restore_id).exists():
+        try:
+            restore.drop(env, restore_id)
+            dropped = True
+        except PtoolError as err:
+            dropped = False
+            problems.append(f"the scratch copy {restore_id} could not be dropped: {err.message}")
     return DrillPart(
         "point-in-time",
         not problems,
         rto,
         target.describe(),
         problems,
-        {"restore_id": restored.id, "elapsed_s": restored.elapsed_s, "dropped": not problems},
+        {
+            "restore_id": restore_id,
+            "elapsed_s": restored.elapsed_s if restored is not None else None,
+            "dropped": dropped,
+        },
     )
 
 

@@ -410,13 +410,16 @@ def restore(
     timeout_s: float = 3600.0,
     compare_live: bool = True,
     progress: Progress | None = None,
+    restore_id: str | None = None,
 ) -> RestoreResult:
-    """Restore the environment's server to ``target`` into a new data directory."""
+    """Restore the environment's server to ``target`` into a new data directory (named
+    ``restore_id``, a new id by default: a caller that must clean up after a failure
+    chooses it)."""
     from ptool_ops.backup.listing import new_id
 
     report: Progress = progress or (lambda phase, detail: None)
     repo = env.repository()
-    restore_id = new_id()
+    restore_id = restore_id or new_id()
     root = restores_dir(env) / restore_id
     if root.exists():
         raise UsageError(f"{root} already exists.", hint="Run the command again.")

@@ -284,6 +284,33 @@ def test_a_damaged_segment_stops_the_restore_instead_of_promoting(
         victim.write_bytes(good)
 
 
+def test_a_drill_whose_restore_stops_drops_its_copy(
+    scenario: Scenario, pitr_env: PitrEnv, cli_env: Cli
+) -> None:
+    """The point-in-time drill made a copy whose recovery stopped at a damaged segment:
+    the drill fails naming why, and the copy it made (a directory, maybe a server) is
+    gone, as after a drill that passed."""
+    with pitr_env.owner() as conn:
+        _tenant_insert(conn, "before-the-drill")
+    _wait_archived(pitr_env)
+    segments = _segment_files(pitr_env)
+    victim = segments[-2]
+    good = victim.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0x01
+    victim.write_bytes(bytes(damaged))
+    before = {p.name for p in pitr_env.restores.glob("*")}
+    try:
+        drilled = cli_env("drill run -o json")
+    finally:
+        victim.write_bytes(good)
+    assert drilled.exit_code != 0, drilled.output
+    part = next(p for p in drilled.json()["parts"] if p["kind"] == "point-in-time")
+    assert not part["ok"] and "stopped before reaching" in part["problems"][0], part
+    assert part["details"]["dropped"] is True
+    assert {p.name for p in pitr_env.restores.glob("*")} == before
+
+
 def test_a_repository_the_archiver_cannot_write_loses_no_segment(
     scenario: Scenario, pitr_env: PitrEnv, cli_env: Cli
 ) -> None:
