@@ -14,10 +14,13 @@ operator and CI run sees it and ``status`` finds the newest successful drill, an
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
 from ptool_ops import tracing
 from ptool_ops.audit import audited
@@ -30,6 +33,28 @@ if TYPE_CHECKING:
     from ptool_ops.repo.repository import Repository
 
 PREFIX = "drills"
+
+log = logging.getLogger(__name__)
+
+
+class _Part(BaseModel):
+    """What the history's readers (``status``, ``drill list``, ``report``) use of a part."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    kind: str
+    ok: bool
+    rto_s: float | None = None
+
+
+class _Record(BaseModel):
+    """... and of a record."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    started_at: AwareDatetime
+    ok: bool
+    rpo_s: float | None = None
+    parts: list[_Part] = []
 
 
 @dataclass
@@ -207,12 +232,27 @@ def rto_text(doc: dict[str, Any]) -> str:
 
 
 def history(repo: Repository) -> list[dict[str, Any]]:
-    """Every recorded drill, oldest first (unreadable records are left out)."""
+    """Every recorded drill, oldest first. A record that is not one -- unreadable JSON, or
+    a hand-edited one lacking what the readers of the history use -- is left out with a
+    warning naming it, never a traceback."""
     found = []
     for info in repo.storage.list(f"{PREFIX}/"):
         if not info.key.endswith(".json"):
             continue
         doc = repo.get_json(info.key)
-        if doc is not None and "started_at" in doc:
-            found.append(doc)
-    return sorted(found, key=lambda d: str(d["started_at"]))
+        try:
+            _Record.model_validate(doc)
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the record"
+            log.warning(
+                "%s/%s is not a drill record (%s: %s); it is left out",
+                repo.url,
+                info.key,
+                where,
+                first["msg"].lower(),
+            )
+            continue
+        assert doc is not None
+        found.append(doc)
+    return sorted(found, key=lambda d: datetime.fromisoformat(str(d["started_at"])))

@@ -126,3 +126,42 @@ def test_healthy_then_each_fault_is_named(cli: Cli, local: LocalEnvironment) -> 
     assert any("invariant violation" in p for p in full.json()["problems"])
     (gap,) = [c for c in full.json()["invariants"]["checks"] if c["total"]]
     assert gap["name"] == "event_streams_contiguous"
+
+
+def test_a_drill_record_that_is_not_one_is_left_out_with_a_warning(
+    cli: Cli, local: LocalEnvironment
+) -> None:
+    """Hand-edited or damaged evidence in drills/ (a key missing, a time without a zone, a
+    part without its kind, not JSON) is named and left out by status, drill list and the
+    report alike -- never a traceback."""
+    configure(cli, local)
+    drills = local.paths.repo / "drills"
+    drills.mkdir(exist_ok=True)
+    bad = {
+        "no-id.json": '{"started_at": "2026-01-01T00:00:00+00:00", "ok": true, "parts": []}',
+        "naive.json": '{"id": "x", "started_at": "2026-01-01T00:00:00", "ok": true}',
+        "part.json": '{"id": "y", "started_at": "2026-01-01T00:00:00+00:00", "ok": true,'
+        ' "parts": [{"ok": true, "rto_s": 1.5}]}',
+        "text.json": "not json",
+    }
+    for name, text in bad.items():
+        (drills / name).write_text(text)
+    try:
+        before = cli("drill list -o json")
+        assert before.exit_code == 0, before.output
+        assert not {d["id"] for d in before.json()} & {"x", "y"}
+        for name in bad:
+            assert f"drills/{name} is not a drill record" in before.stderr, before.stderr
+        assert "drills/no-id.json is not a drill record (id: field required)" in before.stderr
+        assert "(started_at: input should have timezone info)" in before.stderr
+        assert "(parts.0.kind: field required)" in before.stderr
+        checked = cli("status -o json")
+        assert checked.exit_code in (0, 1), checked.output
+        assert "Traceback" not in checked.output and "is not a drill record" in checked.stderr
+        page = cli.cwd / "report.html"
+        made = cli(f"report --html {page} -o json")
+        assert made.exit_code in (0, 1) and page.exists(), made.output
+        assert "Traceback" not in made.output
+    finally:
+        for name in bad:
+            (drills / name).unlink()
