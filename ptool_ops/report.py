@@ -82,8 +82,9 @@ def _bars(values: list[tuple[str, float]], unit: str, limit: float | None = None
     return "".join(parts)
 
 
-def _backups(env: Environment) -> Section:
+def _backups(env: Environment, now: datetime) -> Section:
     from ptool_ops.backup import listing
+    from ptool_ops.status_checks import backup_age_of
 
     rows = listing.summaries(env.repository(), must_exist=False)
     table = _table(
@@ -100,11 +101,12 @@ def _backups(env: Environment) -> Section:
         ],
     )
     chart = _bars([(r.id, round((r.stored_bytes or 0) / 2**20, 2)) for r in rows], "MiB")
-    problems = [] if any(r.status == "complete" for r in rows) else ["no complete backup"]
-    return Section("backups", "Backups over time", chart + table, problems)
+    # the same threshold as 'status' holds it to
+    age = backup_age_of(rows, env.settings.status_backup_max_age_h, now)
+    return Section("backups", "Backups over time", chart + table, [] if age.ok else [age.detail])
 
 
-def _window(env: Environment) -> Section:
+def _window(env: Environment, now: datetime) -> Section:
     from ptool_ops.pitr.window import window
 
     if env.kind == "neon":
@@ -144,8 +146,9 @@ def _window(env: Environment) -> Section:
     return Section("pitr", "Point-in-time window", body, found.problems())
 
 
-def _drills(env: Environment) -> Section:
+def _drills(env: Environment, now: datetime) -> Section:
     from ptool_ops import drill
+    from ptool_ops.status_checks import drill_age_of
 
     found = drill.history(env.repository())
     target = env.settings.drill_rto_target_s
@@ -171,7 +174,8 @@ def _drills(env: Environment) -> Section:
             for d in found
         ],
     )
-    problems = [] if any(d.get("ok") for d in found) else ["no restore drill passed"]
+    age = drill_age_of(found, env.settings.status_drill_max_age_days, now)
+    problems = [] if age.ok else [age.detail]
     return Section(
         "drills",
         "Restore drills (RTO against the target)",
@@ -180,7 +184,7 @@ def _drills(env: Environment) -> Section:
     )
 
 
-def _secrets(env: Environment) -> Section:
+def _secrets(env: Environment, now: datetime) -> Section:
     from ptool_ops.secrets.status import status
 
     found = status(env)
@@ -203,7 +207,7 @@ def _secrets(env: Environment) -> Section:
     return Section("secrets", "Managed secrets", body, [p for s in found for p in s.problems])
 
 
-def _audit(env: Environment) -> Section:
+def _audit(env: Environment, now: datetime) -> Section:
     from ptool_ops import audit
 
     trail = env.audit_trail
@@ -254,7 +258,7 @@ def build(env: Environment, *, now: datetime | None = None) -> tuple[str, list[S
         (_audit, "audit", "Audit trail"),
     ):
         try:
-            sections.append(make(env))
+            sections.append(make(env, moment))
         except PtoolError as err:
             sections.append(
                 Section(sid, title, f'<p class="bad">{_e(err.message)}</p>', [err.message])

@@ -14,6 +14,7 @@ from ptool_ops.errors import PtoolError
 if TYPE_CHECKING:
     import psycopg
 
+    from ptool_ops.backup.models import BackupSummary
     from ptool_ops.environment import Environment
 
 
@@ -93,11 +94,15 @@ def migrations(env: Environment, conn: psycopg.Connection[Any]) -> list[Check]:
 def backup_age(env: Environment, now: datetime) -> Check:
     from ptool_ops.backup import listing
 
-    limit = env.settings.status_backup_max_age_h
     try:
         rows = listing.summaries(env.repository(), must_exist=False)
     except PtoolError as err:
         return _failed("backup.age", err)
+    return backup_age_of(rows, env.settings.status_backup_max_age_h, now)
+
+
+def backup_age_of(rows: list[BackupSummary], limit: float, now: datetime) -> Check:
+    """The newest complete backup among ``rows`` against ``limit`` hours."""
     done = [r for r in rows if r.status == "complete" and r.finished_at is not None]
     if not done:
         return Check("backup.age", False, "no complete backup in the repository", None, limit, "h")
@@ -119,11 +124,18 @@ def drill_age(env: Environment, now: datetime) -> Check:
     """The newest successful restore drill (``ptool-ops drill run``) against its threshold."""
     from ptool_ops import drill
 
-    limit = env.settings.status_drill_max_age_days
     try:
         found = drill.history(env.repository())
     except PtoolError as err:
         return _failed("drill.age", err)
+    return drill_age_of(found, env.settings.status_drill_max_age_days, now)
+
+
+def drill_age_of(found: list[dict[str, Any]], limit: float, now: datetime) -> Check:
+    """The newest passed drill of ``found`` (:func:`ptool_ops.drill.history`) against
+    ``limit`` days."""
+    from ptool_ops import drill
+
     passed = [d for d in found if d.get("ok")]
     if not passed:
         failed = f" ({len(found)} failed)" if found else ""

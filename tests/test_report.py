@@ -68,6 +68,18 @@ def test_the_report_renders_every_section(cli: Cli, local: LocalEnvironment) -> 
     assert "Nothing needs attention." in dom
     assert "hash chain intact" in dom and re.search(r"<svg[^>]*>.*<rect", dom, re.DOTALL)
 
+    # the report holds backups and drills to the thresholds status holds them to
+    cli.write_config(
+        f'[environments.local]\nlocal_dir = "{local.paths.root}"\n'
+        "status_backup_max_age_h = 0.00001\nstatus_drill_max_age_days = 0.0000001\n"
+    )
+    stale = cli(f"report --html {page} -o json")
+    assert stale.exit_code == 1, stale.output
+    sections = stale.json()["sections"]
+    assert "threshold 1e-05 h, status_backup_max_age_h" in sections["backups"]["problems"][0]
+    assert "status_drill_max_age_days" in sections["drills"]["problems"][0]
+    cli.write_config(f'[environments.local]\nlocal_dir = "{local.paths.root}"\n')
+
     # one byte of the audit trail changed: the page says so, and the command exits 1
     event = local.paths.root / "repo" / "audit" / "local" / "0000000002.json"
     event.write_text(event.read_text().replace('"ok"', '"OK"', 1))
