@@ -231,28 +231,48 @@ def rto_text(doc: dict[str, Any]) -> str:
     )
 
 
+def _read(repo: Repository, key: str) -> dict[str, Any] | None:
+    """One drill record, or None (with a warning naming it) when it is not one."""
+    doc = repo.get_json(key)
+    try:
+        _Record.model_validate(doc)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the record"
+        log.warning(
+            "%s/%s is not a drill record (%s: %s); it is left out",
+            repo.url,
+            key,
+            where,
+            first["msg"].lower(),
+        )
+        return None
+    return doc
+
+
+def _keys(repo: Repository) -> list[str]:
+    return sorted(i.key for i in repo.storage.list(f"{PREFIX}/") if i.key.endswith(".json"))
+
+
 def history(repo: Repository) -> list[dict[str, Any]]:
     """Every recorded drill, oldest first. A record that is not one -- unreadable JSON, or
     a hand-edited one lacking what the readers of the history use -- is left out with a
     warning naming it, never a traceback."""
-    found = []
-    for info in repo.storage.list(f"{PREFIX}/"):
-        if not info.key.endswith(".json"):
-            continue
-        doc = repo.get_json(info.key)
-        try:
-            _Record.model_validate(doc)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "the record"
-            log.warning(
-                "%s/%s is not a drill record (%s: %s); it is left out",
-                repo.url,
-                info.key,
-                where,
-                first["msg"].lower(),
-            )
-            continue
-        assert doc is not None
-        found.append(doc)
+    found = [doc for key in _keys(repo) if (doc := _read(repo, key)) is not None]
     return sorted(found, key=lambda d: datetime.fromisoformat(str(d["started_at"])))
+
+
+def newest_passed(repo: Repository) -> tuple[dict[str, Any] | None, int]:
+    """The newest drill that passed, and how many failed ones were read before it: records
+    are read newest first by name (a drill's id starts with the time it ran) and the
+    reading stops at the first that passed, so ``status`` does not read a year of nightly
+    evidence on every run."""
+    failed = 0
+    for key in reversed(_keys(repo)):
+        doc = _read(repo, key)
+        if doc is None:
+            continue
+        if doc["ok"]:
+            return doc, failed
+        failed += 1
+    return None, failed

@@ -174,7 +174,10 @@ def _drills(env: Environment, now: datetime) -> Section:
             for d in found
         ],
     )
-    age = drill_age_of(found, env.settings.status_drill_max_age_days, now)
+    passed = [d for d in found if d["ok"]]
+    newest = passed[-1] if passed else None
+    # with none passed, every drill found failed
+    age = drill_age_of(newest, len(found), env.settings.status_drill_max_age_days, now)
     problems = [] if age.ok else [age.detail]
     return Section(
         "drills",

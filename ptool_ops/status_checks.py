@@ -125,29 +125,28 @@ def drill_age(env: Environment, now: datetime) -> Check:
     from ptool_ops import drill
 
     try:
-        found = drill.history(env.repository())
+        newest, failed = drill.newest_passed(env.repository())
     except PtoolError as err:
         return _failed("drill.age", err)
-    return drill_age_of(found, env.settings.status_drill_max_age_days, now)
+    return drill_age_of(newest, failed, env.settings.status_drill_max_age_days, now)
 
 
-def drill_age_of(found: list[dict[str, Any]], limit: float, now: datetime) -> Check:
-    """The newest passed drill of ``found`` (:func:`ptool_ops.drill.history`) against
-    ``limit`` days."""
+def drill_age_of(newest: dict[str, Any] | None, failed: int, limit: float, now: datetime) -> Check:
+    """The newest passed drill (a record of :func:`ptool_ops.drill.history`) against
+    ``limit`` days; ``failed`` is how many failed drills were found (said when none
+    passed)."""
     from ptool_ops import drill
 
-    passed = [d for d in found if d.get("ok")]
-    if not passed:
-        failed = f" ({len(found)} failed)" if found else ""
+    if newest is None:
+        failed_text = f" ({failed} failed)" if failed else ""
         return Check(
             "drill.age",
             False,
-            f"no successful restore drill recorded{failed}: run 'ptool-ops drill run'",
+            f"no successful restore drill recorded{failed_text}: run 'ptool-ops drill run'",
             None,
             limit,
             "days",
         )
-    newest = passed[-1]
     days = (now - datetime.fromisoformat(str(newest["started_at"]))).total_seconds() / 86400
     rto = drill.rto_text(newest)
     return Check(

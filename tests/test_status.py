@@ -146,6 +146,9 @@ def test_a_drill_record_that_is_not_one_is_left_out_with_a_warning(
     }
     for name, text in bad.items():
         (drills / name).write_text(text)
+    # older than any drill a test ran: status stops reading at the newest that passed
+    old = drills / "20000101T000000Z-0000.json"
+    old.write_text('{"id": "old", "ok": true}')
     try:
         before = cli("drill list -o json")
         assert before.exit_code == 0, before.output
@@ -155,9 +158,12 @@ def test_a_drill_record_that_is_not_one_is_left_out_with_a_warning(
         assert "drills/no-id.json is not a drill record (id: field required)" in before.stderr
         assert "(started_at: input should have timezone info)" in before.stderr
         assert "(parts.0.kind: field required)" in before.stderr
+        assert f"drills/{old.name} is not a drill record" in before.stderr
         checked = cli("status -o json")
         assert checked.exit_code in (0, 1), checked.output
         assert "Traceback" not in checked.output and "is not a drill record" in checked.stderr
+        passed = any(d["ok"] for d in before.json())  # the first test's drill, when it ran
+        assert (old.name in checked.stderr) is not passed, checked.stderr
         page = cli.cwd / "report.html"
         made = cli(f"report --html {page} -o json")
         assert made.exit_code in (0, 1) and page.exists(), made.output
@@ -165,3 +171,4 @@ def test_a_drill_record_that_is_not_one_is_left_out_with_a_warning(
     finally:
         for name in bad:
             (drills / name).unlink()
+        old.unlink()
