@@ -90,25 +90,17 @@ def _spawn_prefetcher(args: argparse.Namespace) -> Callable[[str], None]:
     """Start (detached, so PostgreSQL does not wait for it) a prefetcher after a segment."""
 
     def start(after: str) -> None:
-        import subprocess
+        from ptool_ops.pitr.commands import prefetch_command, spawn_detached
 
-        from ptool_ops.pitr.commands import prefetch_command
-
-        argv = prefetch_command(
-            args.repo,
-            after=after,
-            spool=Path(args.spool),
-            ahead=args.prefetch,
-            key_file=args.key_file,
-            archive_name=args.archive,
-        )
-        subprocess.Popen(  # our own interpreter and arguments
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
+        spawn_detached(
+            prefetch_command(
+                args.repo,
+                after=after,
+                spool=Path(args.spool),
+                ahead=args.prefetch,
+                key_file=args.key_file,
+                archive_name=args.archive,
+            )
         )
 
     return start

@@ -263,17 +263,11 @@ class LocalServer:
     def spawn(self, argv: list[str]) -> None:
         """Start ``argv`` detached, as the server's OS user and with the server's
         environment (what its restore_command would start), and do not wait for it."""
+        from ptool_ops.pitr.commands import spawn_detached
+
         if os.geteuid() == 0:
             _allow_our_interpreter()
-        subprocess.Popen(  # our own interpreter and arguments
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-            **self._run_as(),
-        )
+        spawn_detached(argv, **self._run_as())
 
     def share_with_server(self, path: Path, *, mode: int = 0o700) -> None:
         """Make ``path`` (a directory) the server's own, so its archive_command can write

@@ -11,8 +11,10 @@ paid once per 16 MB segment); a key, when the repository is encrypted, is read f
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from ptool_ops.pitr import archive
 
@@ -101,6 +103,20 @@ def prefetch_command(
         str(ahead),
         *_base(repo_url, key_file, archive_name),
     ]
+
+
+def spawn_detached(argv: list[str], **run_as: Any) -> None:
+    """Start ``argv`` (our own interpreter and arguments) in a session of its own, its
+    output discarded, and do not wait for it (``run_as``: user, group, env, cwd)."""
+    subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+        **run_as,
+    )
 
 
 def conf_value(text: str) -> str:

@@ -259,15 +259,20 @@ def test_a_missing_segment_is_a_gap_that_stops_window_and_restore(
     assert cli_env("pitr window").exit_code == 0
 
 
+def _damage(segment: Path) -> bytes:
+    """Flip one bit in the middle of an archived segment; its original bytes."""
+    good = segment.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(damaged) // 2] ^= 0x01
+    segment.write_bytes(bytes(damaged))
+    return good
+
+
 def test_a_damaged_segment_stops_the_restore_instead_of_promoting(
     scenario: Scenario, pitr_env: PitrEnv, cli_env: Cli, restored: list[dict[str, Any]]
 ) -> None:
-    segments = _segment_files(pitr_env)
-    victim = segments[-2]
-    good = victim.read_bytes()
-    damaged = bytearray(good)
-    damaged[len(damaged) // 2] ^= 0x01
-    victim.write_bytes(bytes(damaged))
+    victim = _segment_files(pitr_env)[-2]
+    good = _damage(victim)
     try:
         with pitr_env.owner() as conn:
             now = conn.execute("SELECT now()").fetchone()
@@ -293,12 +298,8 @@ def test_a_drill_whose_restore_stops_drops_its_copy(
     with pitr_env.owner() as conn:
         _tenant_insert(conn, "before-the-drill")
     _wait_archived(pitr_env)
-    segments = _segment_files(pitr_env)
-    victim = segments[-2]
-    good = victim.read_bytes()
-    damaged = bytearray(good)
-    damaged[len(damaged) // 2] ^= 0x01
-    victim.write_bytes(bytes(damaged))
+    victim = _segment_files(pitr_env)[-2]
+    good = _damage(victim)
     before = {p.name for p in pitr_env.restores.glob("*")}
     try:
         drilled = cli_env("drill run -o json")
